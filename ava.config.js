@@ -1,0 +1,11 @@
+// Each test file runs in its own child process (not a worker thread) so that the
+// PostgreSQL harness can reap its server when the process ends, however it ends.
+export default {
+  files: ['tests/**/*.test.ts'],
+  extensions: { ts: 'module' },
+  nodeArguments: ['--import=tsx'],
+  workerThreads: false,
+  // Two cores: more parallel files only queue on the CPU and each starts its own server.
+  concurrency: 2,
+  timeout: '2m',
+};

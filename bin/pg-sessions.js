@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// The published package runs the compiled CLI (`npm run build` writes dist/).
+import { main } from '../dist/src/cli/main.js';
+
+await main();

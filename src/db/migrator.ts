@@ -1,0 +1,171 @@
+import { spawn } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { resolveBinary } from 'dbmate';
+import pg from 'pg';
+
+/** The package's own migrations, shipped in the package next to `src/`/`dist/`. */
+export const MIGRATIONS_DIR = fileURLToPath(
+  new URL(findPackageRoot('migrations'), import.meta.url),
+);
+
+/** dbmate's bookkeeping table, inside our schema so it never meets the application's own. */
+export const MIGRATIONS_TABLE = 'sessions.schema_migrations';
+
+/**
+ * Session-level advisory lock held around dbmate (which takes none), so that deploys
+ * racing to migrate run one after the other. Two int4 keys: 'pgse' and 1.
+ */
+export const MIGRATION_LOCK: readonly [number, number] = [0x70677365, 1];
+
+export type MigrateAction = 'up' | 'down' | 'status';
+
+export interface MigrateOptions {
+  /** For `down`: how many migrations to roll back. @default 1 */
+  readonly steps?: number;
+  /** Receives dbmate's output as it comes. @default collected only */
+  readonly onOutput?: (text: string) => void;
+}
+
+export interface MigrateResult {
+  /** 0 on success; for `status`, 1 while migrations are pending. */
+  readonly exitCode: number;
+  readonly output: string;
+}
+
+/** A connection or input problem the CLI reports in one line. */
+export class MigrationError extends Error {
+  override readonly name = 'MigrationError';
+}
+
+// Compiled code lives one level deeper (dist/src/db) than the sources (src/db).
+function findPackageRoot(folder: string): string {
+  return import.meta.url.includes('/dist/src/') ? `../../../${folder}/` : `../../${folder}/`;
+}
+
+/** Versions of the migrations this code expects, ascending (the file names' numeric prefixes). */
+export async function expectedMigrationVersions(): Promise<string[]> {
+  const files = await readdir(MIGRATIONS_DIR);
+  return files
+    .filter((file) => /^\d+_.+\.sql$/.test(file))
+    .map((file) => file.split('_')[0] as string)
+    .sort();
+}
+
+/**
+ * Runs dbmate (`migrate --strict`, `rollback`, `status --exit-code`) against `url`
+ * with the package's migrations, holding {@link MIGRATION_LOCK} for the duration.
+ *
+ * @example
+ * await migrate(process.env.DATABASE_URL!, 'up');
+ */
+export async function migrate(
+  url: string,
+  action: MigrateAction,
+  options: MigrateOptions = {},
+): Promise<MigrateResult> {
+  const lockClient = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  lockClient.on('error', () => {});
+  try {
+    await lockClient.connect();
+  } catch (error) {
+    throw new MigrationError(`cannot connect to ${describeUrl(url)}: ${messageOf(error)}`, {
+      cause: error,
+    });
+  }
+  try {
+    await lockClient.query('SELECT pg_advisory_lock($1, $2)', [...MIGRATION_LOCK]);
+    if (action === 'down') {
+      const steps = options.steps ?? 1;
+      let output = '';
+      for (let step = 0; step < steps; step++) {
+        if ((await appliedCount(lockClient)) === 0) break;
+        const result = await runDbmate(url, ['rollback'], options.onOutput);
+        output += result.output;
+        if (result.exitCode !== 0) return { exitCode: result.exitCode, output };
+      }
+      return { exitCode: 0, output };
+    }
+    const args = action === 'up' ? ['migrate', '--strict'] : ['status', '--exit-code'];
+    return await runDbmate(url, args, options.onOutput);
+  } finally {
+    await lockClient
+      .query('SELECT pg_advisory_unlock($1, $2)', [...MIGRATION_LOCK])
+      .catch(() => {});
+    await lockClient.end().catch(() => {});
+  }
+}
+
+async function appliedCount(client: pg.Client): Promise<number> {
+  const table = await client.query<{ exists: boolean }>(
+    'SELECT to_regclass($1) IS NOT NULL AS exists',
+    [MIGRATIONS_TABLE],
+  );
+  if (!table.rows[0]?.exists) return 0;
+  const result = await client.query<{ count: string }>(
+    `SELECT count(*) AS count FROM ${MIGRATIONS_TABLE}`,
+  );
+  return Number(result.rows[0]?.count ?? 0);
+}
+
+function runDbmate(
+  url: string,
+  args: string[],
+  onOutput: ((text: string) => void) | undefined,
+): Promise<MigrateResult> {
+  const fullArgs = [
+    '--migrations-dir',
+    MIGRATIONS_DIR,
+    '--migrations-table',
+    MIGRATIONS_TABLE,
+    '--no-dump-schema',
+    '--env',
+    'PG_SESSIONS_DBMATE_URL',
+    ...args,
+  ];
+  return new Promise((resolve, reject) => {
+    // The URL travels in the environment, not argv, where `ps` would show its password.
+    const child = spawn(resolveBinary(), fullArgs, {
+      env: { ...process.env, PG_SESSIONS_DBMATE_URL: forDbmate(url) },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    const collect = (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      output += text;
+      onOutput?.(text);
+    };
+    child.stdout.on('data', collect);
+    child.stderr.on('data', collect);
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ exitCode: code ?? 1, output }));
+  });
+}
+
+/**
+ * dbmate's driver (lib/pq) insists on TLS unless told otherwise, while node-postgres
+ * and libpq try TLS only when asked or when available: give dbmate libpq's default.
+ */
+export function forDbmate(url: string): string {
+  const parsed = new URL(url);
+  if (!parsed.searchParams.has('sslmode')) parsed.searchParams.set('sslmode', 'prefer');
+  return parsed.toString();
+}
+
+/** host:port/database without credentials, for messages. */
+export function describeUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.hostname}:${parsed.port || '5432'}${parsed.pathname}`;
+  } catch {
+    return 'the database (the URL does not parse)';
+  }
+}
+
+function messageOf(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0) {
+    return messageOf(error.errors[0]);
+  }
+  if (error instanceof Error) return error.message || (error as { code?: string }).code || 'error';
+  return String(error);
+}
