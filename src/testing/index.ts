@@ -3,6 +3,7 @@
  * @module
  */
 export { type PostgresBinaries, resolveBinaries } from './binaries.js';
+export { Cluster, type ClusterOptions, type SynchronousMode, startCluster } from './cluster.js';
 export { PostgresServer, type PostgresServerOptions } from './postgres-server.js';
 export {
   createTestDatabase,

@@ -8,8 +8,12 @@ import { type TestServer, testServer } from './test-server.js';
 
 /** An isolated database on the test server, dropped by `drop()`. */
 export interface TestDatabase {
-  /** Superuser URL of this database. */
+  /** Superuser URL of this database (bypasses row-level security). */
   readonly url: string;
+  /** URL of a login role that is a member of `sessions_app`: what the middleware should use. */
+  readonly appUrl: string;
+  /** URL of a login role that is a member of `sessions_auditor`. */
+  readonly auditorUrl: string;
   readonly name: string;
   readonly server: TestServer;
   /** Drops the database, ending any connection still open to it. */
@@ -45,8 +49,11 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
       }
     }
   });
+  const url = databaseUrl(server.adminUrl, name);
   return {
-    url: databaseUrl(server.adminUrl, name),
+    url,
+    appUrl: withCredentials(url, TEST_APP_ROLE),
+    auditorUrl: withCredentials(url, TEST_AUDITOR_ROLE),
     name,
     server,
     drop: () =>
@@ -85,6 +92,7 @@ async function buildTemplate(server: TestServer): Promise<string> {
       const result = await migrate(databaseUrl(server.adminUrl, building), 'up');
       if (result.exitCode !== 0)
         throw new Error(`migrating the test template failed:\n${result.output}`);
+      await createLoginRoles(admin);
       await admin.query(`ALTER DATABASE ${quote(building)} RENAME TO ${quote(name)}`);
       await admin.query(`ALTER DATABASE ${quote(name)} WITH IS_TEMPLATE true`);
     } finally {
@@ -92,6 +100,32 @@ async function buildTemplate(server: TestServer): Promise<string> {
     }
   });
   return name;
+}
+
+/** Login roles for the tests, members of the schema's NOLOGIN roles (cluster-wide, made once). */
+export const TEST_APP_ROLE = 'pgs_test_app';
+export const TEST_AUDITOR_ROLE = 'pgs_test_auditor';
+const TEST_ROLE_PASSWORD = 'pgs_test';
+
+async function createLoginRoles(admin: pg.Client): Promise<void> {
+  for (const [login, member] of [
+    [TEST_APP_ROLE, 'sessions_app'],
+    [TEST_AUDITOR_ROLE, 'sessions_auditor'],
+  ] as const) {
+    const exists = await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [login]);
+    if (!exists.rowCount) {
+      await admin.query(
+        `CREATE ROLE ${quote(login)} LOGIN PASSWORD '${TEST_ROLE_PASSWORD}' IN ROLE ${quote(member)}`,
+      );
+    }
+  }
+}
+
+function withCredentials(url: string, role: string): string {
+  const parsed = new URL(url);
+  parsed.username = role;
+  parsed.password = TEST_ROLE_PASSWORD;
+  return parsed.toString();
 }
 
 async function migrationsHash(): Promise<string> {

@@ -1,0 +1,42 @@
+/**
+ * pg-sessions: PostgreSQL-backed sessions for Koa.
+ * @module
+ */
+export { SessionControl } from './control.js';
+export {
+  describeUrl,
+  expectedMigrationVersions,
+  MIGRATION_LOCK,
+  MIGRATIONS_DIR,
+  MIGRATIONS_TABLE,
+  type MigrateAction,
+  type MigrateOptions,
+  type MigrateResult,
+  MigrationError,
+  migrate,
+} from './db/migrator.js';
+export { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
+export type { EventTable, SessionsDatabase, SessionTable } from './db/schema.js';
+export { SqlState } from './db/sqlstate.js';
+export {
+  SessionConflictError,
+  SessionDataError,
+  SessionError,
+  SessionLockTimeoutError,
+  SessionOptionsError,
+  SessionSchemaError,
+  SessionStateError,
+  SessionStoreUnavailableError,
+  SessionTooLargeError,
+} from './errors.js';
+export type { MetricsSnapshot, SessionMetrics } from './metrics.js';
+export { type SessionMiddleware, sessions } from './middleware.js';
+export type {
+  ConcurrencyMode,
+  CookieOptions,
+  ResolvedOptions,
+  SessionOptions,
+  TransactionMode,
+} from './options.js';
+export type { Session } from './session.js';
+export type { DeviceSession, SessionRecord } from './store.js';

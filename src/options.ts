@@ -1,0 +1,221 @@
+import type { Context } from 'koa';
+import type pg from 'pg';
+import type { SessionDatabase } from './db/router.js';
+import { SessionOptionsError } from './errors.js';
+
+/** How concurrent requests on one session combine their writes. */
+export type ConcurrencyMode = 'merge' | 'strict' | 'lock';
+
+/** `request`: one transaction on the primary around the handler (exposed as `ctx.db`). */
+export type TransactionMode = 'none' | 'request';
+
+export interface CookieOptions {
+  /** Cookie name. Over HTTPS with `hostPrefix`, `__Host-` is prepended. @default 'sid' */
+  name?: string;
+  /** @default '/' */
+  path?: string;
+  /** Leave unset for a host-only cookie (required by the `__Host-` prefix). @default undefined */
+  domain?: string;
+  /** Cross-site policy; 'lax' keeps top-level navigation working. @default 'lax' */
+  sameSite?: 'lax' | 'strict' | 'none';
+  /** 'auto' follows `ctx.secure` (honours `app.proxy`). @default 'auto' */
+  secure?: boolean | 'auto';
+  /** Prefix the name with `__Host-` when secure, host-only and path '/'. @default true */
+  hostPrefix?: boolean;
+  /**
+   * Cookie lifetime in ms, or 'session' for a cookie that ends with the browser.
+   * The server enforces expiry anyway. @default absoluteTimeout
+   */
+  maxAge?: number | 'session';
+  /** Sign with `app.keys` (keygrip, key rotation). 'auto': when app.keys is set. @default 'auto' */
+  signed?: boolean | 'auto';
+}
+
+/**
+ * Options of {@link sessions}. Resolved once, validated and frozen at construction:
+ * a mistake fails there with the option's name, never on the first request.
+ */
+export interface SessionOptions {
+  /**
+   * The database: a connection URL, a `pg.PoolConfig`, a `pg.Pool` you own (never
+   * closed by us), or a {@link SessionDatabase} router (replicas). @default process.env.DATABASE_URL
+   */
+  database?: string | pg.PoolConfig | pg.Pool | SessionDatabase;
+  /** The tenant of a request; row-level security confines every query to it. @default () => 'default' */
+  tenant?: (ctx: Context) => string;
+  /** Sliding inactivity timeout in ms, enforced by the database's clock. @default 86_400_000 (24 h) */
+  idleTimeout?: number;
+  /** Lifetime in ms from creation, whatever the activity. @default 604_800_000 (7 days) */
+  absoluteTimeout?: number;
+  /** An unchanged session is rewritten (touched) at most once per interval. @default 60_000 */
+  touchInterval?: number;
+  /** 'merge' (key-level last writer wins), 'strict' (409 on a lost update) or 'lock'. @default 'merge' */
+  mode?: ConcurrencyMode | ((ctx: Context) => ConcurrencyMode);
+  /** 'request' wraps each request in one transaction, `ctx.db`. @default 'none' */
+  transaction?: TransactionMode | ((ctx: Context) => TransactionMode);
+  /** Lock mode: how long to wait for another request's lock, in ms. @default 10_000 */
+  lockTimeout?: number;
+  /** Maximum serialised size of the session data in bytes. @default 65_536 */
+  maxSize?: number;
+  /** Revoke a user's oldest sessions beyond this many when one is bound. @default undefined (no limit) */
+  maxSessionsPerUser?: number;
+  /** Create a row and a cookie even for a session nobody wrote to. @default false */
+  saveUninitialized?: boolean;
+  cookie?: CookieOptions;
+  /** Also accept `Authorization: Bearer <token>` (API and mobile clients). @default false */
+  bearer?: boolean;
+  /** Who the event log names as actor. @default user id when bound, else 'anonymous' */
+  actor?: (ctx: Context, userId: string | null) => string;
+  /** Server-side limit per statement in ms (statement_timeout). @default 5_000 */
+  statementTimeout?: number;
+  /** Wait at most this long for a connection, in ms, before answering 503. @default 5_000 */
+  connectTimeout?: number;
+  /** Pool size when pg-sessions creates the pool. @default 10 */
+  poolSize?: number;
+  /** Check at start that the schema's migrations match this version of the code. @default true */
+  checkSchema?: boolean;
+}
+
+export interface ResolvedCookieOptions {
+  readonly name: string;
+  readonly path: string;
+  readonly domain: string | undefined;
+  readonly sameSite: 'lax' | 'strict' | 'none';
+  readonly secure: boolean | 'auto';
+  readonly hostPrefix: boolean;
+  readonly maxAge: number | 'session';
+  readonly signed: boolean | 'auto';
+}
+
+export interface ResolvedOptions {
+  readonly database: NonNullable<SessionOptions['database']>;
+  readonly tenant: (ctx: Context) => string;
+  readonly idleTimeout: number;
+  readonly absoluteTimeout: number;
+  readonly touchInterval: number;
+  readonly mode: (ctx: Context) => ConcurrencyMode;
+  readonly transaction: (ctx: Context) => TransactionMode;
+  readonly lockTimeout: number;
+  readonly maxSize: number;
+  readonly maxSessionsPerUser: number | undefined;
+  readonly saveUninitialized: boolean;
+  readonly cookie: ResolvedCookieOptions;
+  readonly bearer: boolean;
+  readonly actor: (ctx: Context, userId: string | null) => string;
+  readonly statementTimeout: number;
+  readonly connectTimeout: number;
+  readonly poolSize: number;
+  readonly checkSchema: boolean;
+}
+
+const MODES: readonly ConcurrencyMode[] = ['merge', 'strict', 'lock'];
+const TRANSACTION_MODES: readonly TransactionMode[] = ['none', 'request'];
+
+/** Applies the defaults and validates; the caller's object is never modified. */
+export function resolveOptions(options: SessionOptions = {}): ResolvedOptions {
+  const database = options.database ?? process.env.DATABASE_URL;
+  if (!database) {
+    throw new SessionOptionsError('database', 'missing: pass a URL, a pg.Pool or set DATABASE_URL');
+  }
+  const idleTimeout = duration('idleTimeout', options.idleTimeout, 86_400_000);
+  const absoluteTimeout = duration('absoluteTimeout', options.absoluteTimeout, 604_800_000);
+  const cookie = options.cookie ?? {};
+  const cookieName = cookie.name ?? 'sid';
+  if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(cookieName)) {
+    throw new SessionOptionsError('cookie.name', `"${cookieName}" is not a valid cookie name`);
+  }
+  const sameSite = cookie.sameSite ?? 'lax';
+  if (!['lax', 'strict', 'none'].includes(sameSite)) {
+    throw new SessionOptionsError('cookie.sameSite', "must be 'lax', 'strict' or 'none'");
+  }
+  if (sameSite === 'none' && cookie.secure === false) {
+    throw new SessionOptionsError(
+      'cookie.sameSite',
+      "'none' needs a secure cookie (browsers refuse it)",
+    );
+  }
+  const cookieMaxAge = cookie.maxAge ?? absoluteTimeout;
+  if (cookieMaxAge !== 'session') duration('cookie.maxAge', cookieMaxAge, absoluteTimeout);
+  const maxSessionsPerUser = options.maxSessionsPerUser;
+  if (
+    maxSessionsPerUser !== undefined &&
+    !(Number.isInteger(maxSessionsPerUser) && maxSessionsPerUser >= 1)
+  ) {
+    throw new SessionOptionsError('maxSessionsPerUser', 'must be a whole number of at least 1');
+  }
+  return Object.freeze({
+    database,
+    tenant: fn('tenant', options.tenant, () => 'default'),
+    idleTimeout,
+    absoluteTimeout,
+    touchInterval: duration('touchInterval', options.touchInterval, 60_000, true),
+    mode: choice('mode', options.mode, MODES, 'merge'),
+    transaction: choice('transaction', options.transaction, TRANSACTION_MODES, 'none'),
+    lockTimeout: duration('lockTimeout', options.lockTimeout, 10_000),
+    maxSize: duration('maxSize', options.maxSize, 65_536),
+    maxSessionsPerUser,
+    saveUninitialized: options.saveUninitialized ?? false,
+    cookie: Object.freeze({
+      name: cookieName,
+      path: cookie.path ?? '/',
+      domain: cookie.domain,
+      sameSite,
+      secure: cookie.secure ?? 'auto',
+      hostPrefix: cookie.hostPrefix ?? true,
+      maxAge: cookieMaxAge,
+      signed: cookie.signed ?? 'auto',
+    }),
+    bearer: options.bearer ?? false,
+    actor: fn('actor', options.actor, (_ctx: Context, userId: string | null) =>
+      userId === null ? 'anonymous' : `user:${userId}`,
+    ),
+    statementTimeout: duration('statementTimeout', options.statementTimeout, 5_000),
+    connectTimeout: duration('connectTimeout', options.connectTimeout, 5_000),
+    poolSize: duration('poolSize', options.poolSize, 10),
+    checkSchema: options.checkSchema ?? true,
+  });
+}
+
+function duration(name: string, value: number | undefined, fallback: number, allowZero = false) {
+  const resolved = value ?? fallback;
+  if (!Number.isFinite(resolved) || resolved < 0 || (!allowZero && resolved === 0)) {
+    throw new SessionOptionsError(name, `must be a positive number, got ${String(value)}`);
+  }
+  return resolved;
+}
+
+function fn<F extends (...args: never[]) => unknown>(
+  name: string,
+  value: F | undefined,
+  fallback: F,
+): F {
+  if (value !== undefined && typeof value !== 'function') {
+    throw new SessionOptionsError(name, 'must be a function');
+  }
+  return value ?? fallback;
+}
+
+function choice<T extends string>(
+  name: string,
+  value: T | ((ctx: Context) => T) | undefined,
+  allowed: readonly T[],
+  fallback: T,
+): (ctx: Context) => T {
+  if (typeof value === 'function') {
+    return (ctx) => {
+      const chosen = value(ctx);
+      if (!allowed.includes(chosen)) {
+        throw new SessionOptionsError(
+          name,
+          `the function returned "${chosen}", not one of ${allowed.join(', ')}`,
+        );
+      }
+      return chosen;
+    };
+  }
+  const fixed = value ?? fallback;
+  if (!allowed.includes(fixed)) {
+    throw new SessionOptionsError(name, `"${fixed}" is not one of ${allowed.join(', ')}`);
+  }
+  return () => fixed;
+}
