@@ -7,7 +7,10 @@ import { type SessionMiddleware, type SessionOptions, sessions } from '../src/in
  * and revokes sessions. Users are whatever name you type (authentication is the
  * application's job, not the session library's).
  */
-export function createDemoApp(options: SessionOptions): { app: Koa; middleware: SessionMiddleware } {
+export function createDemoApp(options: SessionOptions): {
+  app: Koa;
+  middleware: SessionMiddleware;
+} {
   const app = new Koa();
   app.keys = [process.env.SESSION_SECRET ?? 'demo secret: set SESSION_SECRET in production'];
   const middleware = sessions({ maxSessionsPerUser: 5, ...options });
@@ -16,9 +19,17 @@ export function createDemoApp(options: SessionOptions): { app: Koa; middleware: 
     try {
       await next();
     } catch (error) {
-      const failure = error as { status?: number; code?: string; message?: string; expose?: boolean };
+      const failure = error as {
+        status?: number;
+        code?: string;
+        message?: string;
+        expose?: boolean;
+      };
       ctx.status = failure.status ?? 500;
-      ctx.body = page('Error', `<p>${escape(failure.expose ? (failure.message ?? '') : 'Something went wrong')} (${failure.code ?? 'INTERNAL'})</p>`);
+      ctx.body = page(
+        'Error',
+        `<p>${escapeHtml(failure.expose ? (failure.message ?? '') : 'Something went wrong')} (${failure.code ?? 'INTERNAL'})</p>`,
+      );
     }
   });
   app.use(middleware);
@@ -30,9 +41,9 @@ export function createDemoApp(options: SessionOptions): { app: Koa; middleware: 
     const cart = (session.cart as string[] | undefined) ?? [];
     ctx.body = page(
       'pg-sessions demo',
-      `<p>${user ? `Signed in as <b>${escape(user)}</b>` : 'Not signed in'} · session ${ctx.sessions.id ?? '(not saved yet)'}</p>
+      `<p>${user ? `Signed in as <b>${escapeHtml(user)}</b>` : 'Not signed in'} · session ${ctx.sessions.id ?? '(not saved yet)'}</p>
        <form method="post" action="/counter"><button>Count: ${Number(session.count ?? 0)}</button></form>
-       <h2>Cart</h2><ul>${cart.map((item) => `<li>${escape(item)}</li>`).join('')}</ul>
+       <h2>Cart</h2><ul>${cart.map((item) => `<li>${escapeHtml(item)}</li>`).join('')}</ul>
        <form method="post" action="/cart"><input name="item" placeholder="item"><button>Add</button></form>
        ${
          user
@@ -69,7 +80,7 @@ export function createDemoApp(options: SessionOptions): { app: Koa; middleware: 
          .map(
            (device) => `<tr><td>${device.id}${device.current ? ' (this one)' : ''}</td>
              <td>${device.createdAt.toISOString()}</td><td>${device.lastSeenAt.toISOString()}</td>
-             <td>${escape(device.ip ?? '')}</td><td>${escape(device.userAgent ?? '')}</td>
+             <td>${escapeHtml(device.ip ?? '')}</td><td>${escapeHtml(device.userAgent ?? '')}</td>
              <td><form method="post" action="/devices/${device.id}/revoke"><button>Revoke</button></form></td></tr>`,
          )
          .join('')}</table>
@@ -79,7 +90,8 @@ export function createDemoApp(options: SessionOptions): { app: Koa; middleware: 
   });
   router.post('/devices/revoke-others', async (ctx) => {
     const user = ctx.sessions.userId;
-    if (user) await ctx.sessions.revokeUser(user, { exceptCurrent: true, reason: 'user_logout_others' });
+    if (user)
+      await ctx.sessions.revokeUser(user, { exceptCurrent: true, reason: 'user_logout_others' });
     ctx.redirect('/devices');
   });
   router.post('/devices/:id/revoke', async (ctx) => {
@@ -98,7 +110,7 @@ async function form(ctx: Koa.Context): Promise<URLSearchParams> {
   return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
 }
 
-function escape(text: string): string {
+function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
 }
 

@@ -83,10 +83,8 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
   };
 
   const close = (): Promise<void> => {
-    closing ??= (async () => {
-      await kysely.destroy().catch(() => {});
-      await database.close();
-    })();
+    // Kysely shares the database's pool: closing the database closes everything.
+    closing ??= database.close();
     return closing;
   };
 

@@ -15,7 +15,7 @@ test.before(async () => {
     {
       database: db.appUrl,
       poolSize: 20,
-      mode: (ctx) => (String(ctx.query.mode ?? 'merge') as ConcurrencyMode),
+      mode: (ctx) => String(ctx.query.mode ?? 'merge') as ConcurrencyMode,
     },
     (router) => {
       router.post('/init', (ctx) => {
@@ -33,6 +33,9 @@ test.before(async () => {
         await new Promise((resolve) => setTimeout(resolve, 5));
         session.counter = current + 1;
         ctx.body = 'ok';
+      });
+      router.get('/id', (ctx) => {
+        ctx.body = ctx.sessions.id;
       });
       router.get('/data', (ctx) => {
         ctx.body = ctx.session!.toJSON();
@@ -86,13 +89,17 @@ test('strict: each increment lands or gets 409, and the counter equals the succe
 
 test('lock: 50 parallel increments serialise and all land', async (t) => {
   const { statuses, counter } = await increments('lock');
-  t.true(statuses.every((status) => status === 200), statuses.join(','));
+  t.true(
+    statuses.every((status) => status === 200),
+    statuses.join(','),
+  );
   t.is(counter, 50);
 });
 
 test('a strict conflict writes nothing and every version bump is one landed write', async (t) => {
   const browser = new Browser(app.url);
-  const id = (await browser.post('/init')).body as string;
+  await browser.post('/init');
+  const id = (await browser.get('/id')).body as string;
   const before = (await sessionRows(admin)).find((row) => row.id === id);
   const responses = await Promise.all(
     Array.from({ length: 10 }, () => browser.clone().post('/increment?mode=strict')),

@@ -1,7 +1,7 @@
-import test from 'ava';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import test from 'ava';
 import pg from 'pg';
 import { PostgresServer } from '../src/testing/index.js';
 
@@ -17,7 +17,9 @@ test('a server starts on a free loopback port, runs unprivileged, and destroy re
   t.true(server.port > 0);
   if (process.getuid?.() === 0) {
     const { stdout } = await import('node:child_process').then(({ execFileSync }) => ({
-      stdout: execFileSync('ps', ['-o', 'user=', '-p', String(server.pid)]).toString().trim(),
+      stdout: execFileSync('ps', ['-o', 'user=', '-p', String(server.pid)])
+        .toString()
+        .trim(),
     }));
     t.not(stdout, 'root', 'postgres runs as an unprivileged user');
   }

@@ -30,7 +30,10 @@ async function appWith(options: Parameters<typeof startApp>[0]): Promise<TestApp
     });
     router.post('/order', async (ctx) => {
       ctx.session!.lastOrder = String(ctx.query.item);
-      await ctx.db!.insertInto('public.orders' as never).values({ item: String(ctx.query.item) } as never).execute();
+      await ctx
+        .db!.insertInto('public.orders' as never)
+        .values({ item: String(ctx.query.item) } as never)
+        .execute();
       if (ctx.query.fail) throw new Error('payment failed');
       ctx.body = 'ordered';
     });
@@ -71,7 +74,12 @@ test('idle expiry: a session unused for longer than idleTimeout is gone', async 
 });
 
 test('absolute expiry ends a session however active it is', async (t) => {
-  const app = await appWith({ database: db.appUrl, idleTimeout: 60_000, absoluteTimeout: 1200, touchInterval: 0 });
+  const app = await appWith({
+    database: db.appUrl,
+    idleTimeout: 60_000,
+    absoluteTimeout: 1200,
+    touchInterval: 0,
+  });
   t.teardown(() => app.close());
   const browser = new Browser(app.url);
   await browser.post('/set?a=1');
@@ -88,7 +96,8 @@ test('touch slides idle expiry forward and never moves last_seen_at backwards', 
   const app = await appWith({ database: db.appUrl, touchInterval: 0 });
   t.teardown(() => app.close());
   const browser = new Browser(app.url);
-  const id = (await browser.post('/set?a=1')).body as string;
+  await browser.post('/set?a=1');
+  const id = ((await browser.get('/get')).body as { id: string }).id;
   const before = (await sessionRows(admin)).find((row) => row.id === id);
   await new Promise((resolve) => setTimeout(resolve, 50));
   await browser.get('/get');
@@ -113,7 +122,10 @@ test("transaction: 'request' commits the app's write and the session change toge
     ['book'],
     'the failed order rolled back',
   );
-  t.is(((await browser.get('/get')).body as { data: { lastOrder: string } }).data.lastOrder, 'book');
+  t.is(
+    ((await browser.get('/get')).body as { data: { lastOrder: string } }).data.lastOrder,
+    'book',
+  );
 });
 
 test('session data over maxSize is refused with 413 and nothing is written', async (t) => {

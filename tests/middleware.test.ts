@@ -1,9 +1,9 @@
-import test from 'ava';
 import { createHash } from 'node:crypto';
+import test from 'ava';
 import type pg from 'pg';
-import { Browser, startApp, type TestApp } from './helpers/http.js';
-import { sessionRows, setupDatabase } from './helpers/database.js';
 import type { TestDatabase } from '../src/testing/index.js';
+import { sessionRows, setupDatabase } from './helpers/database.js';
+import { Browser, startApp, type TestApp } from './helpers/http.js';
 
 let db: TestDatabase;
 let admin: pg.Pool;
@@ -13,7 +13,11 @@ test.before(async () => {
   ({ db, admin } = await setupDatabase());
   app = await startApp({ database: db.appUrl, touchInterval: 0 }, (router) => {
     router.get('/get', (ctx) => {
-      ctx.body = { data: ctx.session?.toJSON() ?? null, isNew: ctx.session?.isNew, id: ctx.sessions.id };
+      ctx.body = {
+        data: ctx.session?.toJSON() ?? null,
+        isNew: ctx.session?.isNew,
+        id: ctx.sessions.id,
+      };
     });
     router.post('/set', (ctx) => {
       Object.assign(ctx.session!, ctx.request.query);
@@ -61,7 +65,7 @@ function hashHex(token: string): string {
   return createHash('sha256').update(token).digest('hex');
 }
 
-test('a request that never writes creates neither a cookie nor a row', async (t) => {
+test.serial('a request that never writes creates neither a cookie nor a row', async (t) => {
   const browser = new Browser(app.url);
   const before = (await sessionRows(admin)).length;
   const response = await browser.get('/get');
@@ -96,14 +100,19 @@ test('create, read, update and destroy over HTTP', async (t) => {
   const logout = await browser.post('/logout');
   t.is(logout.status, 200);
   t.is(tokenOf(browser), undefined, 'the cookie is cleared');
-  t.false((await sessionRows(admin)).some((r) => r.id === id), 'the row is deleted');
+  t.false(
+    (await sessionRows(admin)).some((r) => r.id === id),
+    'the row is deleted',
+  );
 });
 
 test('nested mutation and whole replacement are saved', async (t) => {
   const browser = new Browser(app.url);
   await browser.post('/push?item=apple');
   await browser.post('/push?item=pear');
-  t.deepEqual(((await browser.get('/get')).body as { data: unknown }).data, { cart: ['apple', 'pear'] });
+  t.deepEqual(((await browser.get('/get')).body as { data: unknown }).data, {
+    cart: ['apple', 'pear'],
+  });
   await browser.post('/replace');
   t.deepEqual(((await browser.get('/get')).body as { data: unknown }).data, { replaced: true });
 });
@@ -125,11 +134,13 @@ test('the cookie is HttpOnly, SameSite=Lax, path /, signed, and not Secure over 
 test('an unchanged session is not rewritten', async (t) => {
   const browser = new Browser(app.url);
   await browser.post('/set?a=1');
-  const [before] = await sessionRows(admin).then((rows) => rows.slice(-1));
+  const id = ((await browser.get('/get')).body as { id: string }).id;
+  const before = (await sessionRows(admin)).find((row) => row.id === id);
   const response = await browser.get('/touch-nothing');
   t.deepEqual(response.setCookies, []);
-  const after = (await sessionRows(admin)).find((row) => row.id === before.id);
+  const after = (await sessionRows(admin)).find((row) => row.id === id);
   t.is(after.version, before.version);
+  t.is(after.data.a, '1');
 });
 
 test('regenerate keeps the data and the id, changes the token, and the old token stops working', async (t) => {
@@ -158,6 +169,9 @@ test('a slow request that started before logout cannot bring the session back', 
     });
     router.post('/set', (ctx) => {
       ctx.session!.a = 1;
+      ctx.body = 'ok';
+    });
+    router.get('/id', (ctx) => {
       ctx.body = ctx.sessions.id;
     });
     router.post('/logout', (ctx) => {
@@ -167,11 +181,17 @@ test('a slow request that started before logout cannot bring the session back', 
   });
   t.teardown(() => slowApp.close());
   const browser = new Browser(slowApp.url);
-  const id = (await browser.post('/set')).body as string;
+  await browser.post('/set');
+  const id = (await browser.get('/id')).body as string;
+  t.regex(id, /^[0-9a-f-]{36}$/);
+  t.true((await sessionRows(admin)).some((row) => row.id === id));
   const slow = browser.clone().post('/slow');
   await new Promise((resolve) => setTimeout(resolve, 100));
   await browser.post('/logout');
   const late = await slow;
   t.is(late.status, 200);
-  t.false((await sessionRows(admin)).some((row) => row.id === id), 'still destroyed');
+  t.false(
+    (await sessionRows(admin)).some((row) => row.id === id),
+    'still destroyed',
+  );
 });

@@ -8,9 +8,13 @@ async function appliedVersions(url: string): Promise<string[]> {
   const client = new pg.Client(url);
   await client.connect();
   try {
-    const exists = await client.query(`SELECT to_regclass('sessions.schema_migrations') IS NOT NULL AS e`);
+    const exists = await client.query(
+      `SELECT to_regclass('sessions.schema_migrations') IS NOT NULL AS e`,
+    );
     if (!exists.rows[0].e) return [];
-    const result = await client.query('SELECT version FROM sessions.schema_migrations ORDER BY version');
+    const result = await client.query(
+      'SELECT version FROM sessions.schema_migrations ORDER BY version',
+    );
     return result.rows.map((row) => row.version);
   } finally {
     await client.end();

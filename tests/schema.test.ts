@@ -1,6 +1,6 @@
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import test from 'ava';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from '../src/testing/index.js';
 import { schemaSnapshot } from '../src/testing/schema-snapshot.js';
@@ -41,12 +41,16 @@ async function insertSession(
 }
 
 /** Runs `work` as sessions_app (through its login role) with the tenant set, or none. */
-async function asApp<T>(tenant: string | null, work: (client: pg.Client) => Promise<T>): Promise<T> {
+async function asApp<T>(
+  tenant: string | null,
+  work: (client: pg.Client) => Promise<T>,
+): Promise<T> {
   const client = new pg.Client(db.appUrl);
   await client.connect();
   try {
     await client.query('BEGIN');
-    if (tenant !== null) await client.query(`SELECT set_config('sessions.tenant', $1, true)`, [tenant]);
+    if (tenant !== null)
+      await client.query(`SELECT set_config('sessions.tenant', $1, true)`, [tenant]);
     const result = await work(client);
     await client.query('COMMIT');
     return result;
@@ -66,7 +70,12 @@ test('the committed schema.sql matches the migrated schema (run `npm run schema:
 test('version bumps by one on every content change, never on a no-op or a touch', async (t) => {
   const { id } = await insertSession('v');
   const version = async () =>
-    (await admin.query('SELECT version::int AS v, updated_at FROM sessions.session WHERE id = $1', [id])).rows[0];
+    (
+      await admin.query(
+        'SELECT version::int AS v, updated_at FROM sessions.session WHERE id = $1',
+        [id],
+      )
+    ).rows[0];
   const start = await version();
   t.is(start.v, 1);
   await admin.query(`UPDATE sessions.session SET data = data || '{"a":1}' WHERE id = $1`, [id]);
@@ -78,7 +87,9 @@ test('version bumps by one on every content change, never on a no-op or a touch'
     [id],
   );
   t.is((await version()).v, 2, 'a touch is activity, not a change');
-  await admin.query('UPDATE sessions.session SET version = 100 WHERE id = $1', [id]).catch(() => {});
+  await admin
+    .query('UPDATE sessions.session SET version = 100 WHERE id = $1', [id])
+    .catch(() => {});
   t.is((await version()).v, 2, 'the version cannot be set by hand');
   await admin.query(`UPDATE sessions.session SET user_id = 'u1' WHERE id = $1`, [id]);
   t.is((await version()).v, 3);
@@ -100,13 +111,10 @@ test('an update and a delete each deliver exactly one notification with the payl
   const mine = messages
     .map((message) => JSON.parse(message) as { op: string; s?: unknown[][] })
     .filter((message) => message.s?.some((entry) => entry[1] === id));
-  t.deepEqual(
-    mine,
-    [
-      { op: 'update', s: [['n', id, hash, 2]] },
-      { op: 'delete', s: [['n', id, hash, 2]] },
-    ],
-  );
+  t.deepEqual(mine, [
+    { op: 'update', s: [['n', id, hash, 2]] },
+    { op: 'delete', s: [['n', id, hash, 2]] },
+  ]);
 });
 
 test('sessions_app sees, changes and deletes only the tenant it set, and nothing without one', async (t) => {
@@ -114,15 +122,25 @@ test('sessions_app sees, changes and deletes only the tenant it set, and nothing
   const b = await insertSession('tenant-b');
   const seen = await asApp('tenant-a', async (client) => {
     const rows = await client.query('SELECT id FROM sessions.session');
-    const updated = await client.query(`UPDATE sessions.session SET data = '{"x":1}' WHERE id = $1`, [b.id]);
+    const updated = await client.query(
+      `UPDATE sessions.session SET data = '{"x":1}' WHERE id = $1`,
+      [b.id],
+    );
     const deleted = await client.query('DELETE FROM sessions.session WHERE id = $1', [b.id]);
-    return { ids: rows.rows.map((row) => row.id), updated: updated.rowCount, deleted: deleted.rowCount };
+    return {
+      ids: rows.rows.map((row) => row.id),
+      updated: updated.rowCount,
+      deleted: deleted.rowCount,
+    };
   });
   t.true(seen.ids.includes(a.id));
   t.false(seen.ids.includes(b.id));
   t.is(seen.updated, 0);
   t.is(seen.deleted, 0);
-  const stillThere = await admin.query('SELECT version::int AS v FROM sessions.session WHERE id = $1', [b.id]);
+  const stillThere = await admin.query(
+    'SELECT version::int AS v FROM sessions.session WHERE id = $1',
+    [b.id],
+  );
   t.is(stillThere.rows[0].v, 1);
 
   await t.throwsAsync(
@@ -135,9 +153,17 @@ test('sessions_app sees, changes and deletes only the tenant it set, and nothing
     ),
     { message: /row-level security/ },
   );
-  const none = await asApp(null, async (client) => (await client.query('SELECT count(*)::int AS n FROM sessions.session')).rows[0].n);
+  const none = await asApp(
+    null,
+    async (client) =>
+      (await client.query('SELECT count(*)::int AS n FROM sessions.session')).rows[0].n,
+  );
   t.is(none, 0, 'fails closed with no tenant set');
-  const empty = await asApp('', async (client) => (await client.query('SELECT count(*)::int AS n FROM sessions.session')).rows[0].n);
+  const empty = await asApp(
+    '',
+    async (client) =>
+      (await client.query('SELECT count(*)::int AS n FROM sessions.session')).rows[0].n,
+  );
   t.is(empty, 0, 'fails closed with an empty tenant');
 });
 
@@ -156,7 +182,11 @@ test('the app role cannot read, insert, update or delete events, yet its changes
     `UPDATE sessions.event SET actor = 'forged'`,
     'DELETE FROM sessions.event',
   ]) {
-    await t.throwsAsync(asApp('ev', (client) => client.query(statement)), { message: /permission denied/ }, statement);
+    await t.throwsAsync(
+      asApp('ev', (client) => client.query(statement)),
+      { message: /permission denied/ },
+      statement,
+    );
   }
   const events = await admin.query('SELECT kind FROM sessions.event WHERE session_id = $1', [id]);
   t.deepEqual(events.rows, [{ kind: 'created' }]);
@@ -195,7 +225,9 @@ test('the auditor reads events and views across tenants but never token_hash or 
 });
 
 test('garbage collection deletes exactly the expired and revoked rows, in batches, with one event each', async (t) => {
-  const expired = await Promise.all(Array.from({ length: 5 }, () => insertSession('gc', { expiresIn: -10 })));
+  const expired = await Promise.all(
+    Array.from({ length: 5 }, () => insertSession('gc', { expiresIn: -10 })),
+  );
   const revoked = await insertSession('gc', { revoked: true });
   const live = await Promise.all(Array.from({ length: 3 }, () => insertSession('gc')));
   const batches: number[] = [];
@@ -206,18 +238,21 @@ test('garbage collection deletes exactly the expired and revoked rows, in batche
   }
   t.deepEqual(batches, [2, 2, 2, 0]);
   const remaining = await admin.query(`SELECT id FROM sessions.session WHERE tenant_id = 'gc'`);
-  t.deepEqual(
-    remaining.rows.map((row) => row.id).sort(),
-    live.map((row) => row.id).sort(),
-  );
+  t.deepEqual(remaining.rows.map((row) => row.id).sort(), live.map((row) => row.id).sort());
   const events = await admin.query(
     `SELECT session_id, kind FROM sessions.event WHERE tenant_id = 'gc' AND kind IN ('expired', 'purged', 'destroyed')`,
   );
   t.is(events.rows.filter((row) => row.kind === 'expired').length, 5);
   t.deepEqual(
-    events.rows.filter((row) => row.kind === 'expired').map((row) => row.session_id).sort(),
+    events.rows
+      .filter((row) => row.kind === 'expired')
+      .map((row) => row.session_id)
+      .sort(),
     expired.map((row) => row.id).sort(),
   );
-  t.deepEqual(events.rows.filter((row) => row.kind === 'purged').map((row) => row.session_id), [revoked.id]);
+  t.deepEqual(
+    events.rows.filter((row) => row.kind === 'purged').map((row) => row.session_id),
+    [revoked.id],
+  );
   t.is(events.rows.filter((row) => row.kind === 'destroyed').length, 0);
 });

@@ -1,5 +1,5 @@
-import test from 'ava';
 import { randomBytes } from 'node:crypto';
+import test from 'ava';
 import Keygrip from 'keygrip';
 import type pg from 'pg';
 import type { TestDatabase } from '../src/testing/index.js';
@@ -131,7 +131,10 @@ test('a bearer token works like the cookie, and a bad one gives a fresh session'
 
 test('a cookie from tenant A finds nothing on tenant B, and tenant B cannot touch it', async (t) => {
   const browser = new Browser(app.url);
-  await browser.request('/login?user=tenant-a-user', { method: 'POST', headers: { 'x-tenant': 'A' } });
+  await browser.request('/login?user=tenant-a-user', {
+    method: 'POST',
+    headers: { 'x-tenant': 'A' },
+  });
   const onA = await browser.request('/whoami', { headers: { 'x-tenant': 'A' } });
   t.deepEqual((onA.body as { data: unknown }).data, { name: 'tenant-a-user' });
   const onB = await browser.request('/whoami', { headers: { 'x-tenant': 'B' } });
@@ -148,5 +151,5 @@ test('__proto__ inside session data cannot pollute prototypes', async (t) => {
   const read = await browser.get('/whoami');
   t.is(read.status, 200);
   t.is(({} as Record<string, unknown>).polluted, undefined);
-  t.deepEqual(((read.body as { data: { payload: Record<string, unknown> } }).data.payload).ok, 1);
+  t.deepEqual((read.body as { data: { payload: Record<string, unknown> } }).data.payload.ok, 1);
 });

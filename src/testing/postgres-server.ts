@@ -184,6 +184,10 @@ export class PostgresServer {
     };
     child.stdout?.on('data', onData);
     child.stderr?.on('data', onData);
+    // The server never keeps this process alive: at exit the reaper stops it.
+    child.unref();
+    (child.stdout as unknown as { unref?: () => void } | null)?.unref?.();
+    (child.stderr as unknown as { unref?: () => void } | null)?.unref?.();
     this.#process = child;
     this.#exited = new Promise((resolve) => child.once('exit', () => resolve()));
     trackDataDir(this.dataDir);
@@ -231,10 +235,15 @@ export class PostgresServer {
     const child = this.#process;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     child.kill(signal);
+    // Hold the event loop while waiting: the child itself is unref'd.
+    let timer: NodeJS.Timeout | undefined;
     const exited = await Promise.race([
       this.#exited.then(() => true),
-      delay(15_000, { unref: true }).then(() => false),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), 15_000);
+      }),
     ]);
+    clearTimeout(timer);
     if (!exited) {
       child.kill('SIGKILL');
       await this.#exited;

@@ -10,7 +10,10 @@ export interface CliResult {
 }
 
 /** Runs the real `pg-sessions` command (from the sources) as a separate process. */
-export function runCli(args: readonly string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
+export function runCli(
+  args: readonly string[],
+  env: Record<string, string | undefined> = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', CLI_ENTRY, ...args], {
       env: { ...process.env, ...env },

@@ -1,5 +1,5 @@
-import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import Koa from 'koa';
 import Router from 'koa-router';
 import { type SessionMiddleware, type SessionOptions, sessions } from '../../src/index.js';
@@ -29,9 +29,17 @@ export async function startApp(
     try {
       await next();
     } catch (error) {
-      const failure = error as { status?: number; code?: string; message?: string; expose?: boolean };
+      const failure = error as {
+        status?: number;
+        code?: string;
+        message?: string;
+        expose?: boolean;
+      };
       ctx.status = failure.status ?? 500;
-      ctx.body = { error: failure.code ?? 'INTERNAL', message: failure.expose ? failure.message : undefined };
+      ctx.body = {
+        error: failure.code ?? 'INTERNAL',
+        message: failure.expose ? failure.message : undefined,
+      };
     }
   });
   const middleware = sessions(options);
@@ -73,7 +81,11 @@ export class Browser {
       body = JSON.stringify(init.body);
       headers['content-type'] = 'application/json';
     }
-    const response = await fetch(`${this.baseUrl}${path}`, { method: init.method ?? 'GET', headers, body });
+    const response = await fetch(`${this.baseUrl}${path}`, {
+      method: init.method ?? 'GET',
+      headers,
+      body,
+    });
     const setCookies = response.headers.getSetCookie();
     for (const line of setCookies) {
       const [pair = '', ...attributes] = line.split(';');
