@@ -1,6 +1,6 @@
 import { SessionStateError } from './errors.js';
 import type { RequestState } from './request-state.js';
-import type { DeviceSession, SessionStore } from './store.js';
+import type { DeviceSession, EndedSession, SessionStore } from './store.js';
 import { generateToken } from './token.js';
 
 /**
@@ -13,7 +13,11 @@ export class SessionControl {
   constructor(
     private readonly state: RequestState,
     private readonly store: SessionStore,
-    private readonly hooks: { readonly onMaxSessions: number | undefined },
+    private readonly hooks: {
+      readonly onMaxSessions: number | undefined;
+      /** Sessions this request ended: this process drops them from its cache at once. */
+      readonly ended: (sessions: readonly EndedSession[]) => void;
+    },
   ) {}
 
   /** The public, non-secret id of the current session (null until it is first saved). */
@@ -89,17 +93,18 @@ export class SessionControl {
   /** Revokes one session of this tenant by public id; true when it was live. */
   async revoke(sessionId: string, reason = 'revoked'): Promise<boolean> {
     if (!/^[0-9a-f-]{36}$/i.test(sessionId)) return false;
-    const revoked = await this.store.revoke(
+    const ended = await this.store.revoke(
       this.state.runner,
       this.state.tenantId,
       sessionId,
       reason,
     );
-    if (revoked && sessionId === this.state.record?.id) {
+    this.hooks.ended(ended);
+    if (ended.length > 0 && sessionId === this.state.record?.id) {
       this.state.revokedSelf = true;
       this.state.session = undefined;
     }
-    return revoked;
+    return ended.length > 0;
   }
 
   /**
@@ -111,18 +116,19 @@ export class SessionControl {
     options: { reason?: string; exceptCurrent?: boolean } = {},
   ): Promise<number> {
     const exceptId = options.exceptCurrent ? (this.state.record?.id ?? undefined) : undefined;
-    const ids = await this.store.revokeUser(
+    const ended = await this.store.revokeUser(
       this.state.runner,
       this.state.tenantId,
       userId,
       options.reason ?? 'revoked',
       exceptId,
     );
-    if (this.state.record && ids.includes(this.state.record.id)) {
+    this.hooks.ended(ended);
+    if (this.state.record && ended.some((session) => session.id === this.state.record?.id)) {
       this.state.revokedSelf = true;
       this.state.session = undefined;
     }
-    return ids.length;
+    return ended.length;
   }
 
   /** How many sessions a user may keep (the maxSessionsPerUser option). */

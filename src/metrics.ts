@@ -1,26 +1,63 @@
 import type { RoundTripCounter } from './db/runner.js';
 
-/** Counters an application can read (`middleware.metrics.snapshot()`), all since start. */
-export interface MetricsSnapshot {
-  readonly roundTrips: number;
-  readonly loads: number;
-  readonly creates: number;
-  readonly saves: number;
-  readonly touches: number;
-  readonly destroys: number;
-  readonly conflicts: number;
-  readonly misses: number;
-  readonly invalidTokens: number;
-  readonly unavailable: number;
+const COUNTERS = [
+  'requests',
+  'roundTrips',
+  'loads',
+  'creates',
+  'saves',
+  'destroys',
+  'conflicts',
+  'misses',
+  'invalidTokens',
+  'unavailable',
+  'cacheHits',
+  'cacheMisses',
+  'cacheEvictions',
+  'listenerReconnects',
+  'touchFlushes',
+  'touchedSessions',
+  'gcRuns',
+  'gcDeletions',
+] as const;
+
+const TIMINGS = ['load', 'save', 'touchFlush', 'gc'] as const;
+
+export type CounterName = (typeof COUNTERS)[number];
+export type TimingName = (typeof TIMINGS)[number];
+
+/** Count, total and largest duration of one kind of operation, in milliseconds. */
+export interface TimingSnapshot {
+  readonly count: number;
+  readonly totalMs: number;
+  readonly maxMs: number;
 }
 
-type Counter = keyof MetricsSnapshot;
+/** Everything counted since start; read with `middleware.metrics.snapshot()`. */
+export type MetricsSnapshot = Readonly<Record<CounterName, number>> & {
+  /** Database round trips per request handled, on average. */
+  readonly roundTripsPerRequest: number;
+  /** Cache hits over cache lookups (0 when none). */
+  readonly cacheHitRatio: number;
+  readonly timings: Readonly<Record<TimingName, TimingSnapshot>>;
+  /** Entries and estimated bytes in the cache now, and whether its listener is up. */
+  readonly cacheEntries: number;
+  readonly cacheBytes: number;
+  readonly listenerUp: boolean;
+};
 
-/** Plain counters: cheap enough for the hot path, read by the app or an exporter. */
+/** Plain counters, cheap enough for the hot path; the Prometheus bridge reads them. */
 export class SessionMetrics implements RoundTripCounter {
-  readonly #counts = new Map<Counter, number>();
+  readonly #counts = new Map<CounterName, number>();
+  readonly #timings = new Map<TimingName, { count: number; totalMs: number; maxMs: number }>();
+  /** Filled in by the middleware: live gauges of the cache and listener. */
+  gauges: () => { cacheEntries: number; cacheBytes: number; listenerUp: boolean } = () => ({
+    cacheEntries: 0,
+    cacheBytes: 0,
+    listenerUp: false,
+  });
 
-  increment(counter: Counter, by = 1): void {
+  increment(counter: CounterName, by = 1): void {
     this.#counts.set(counter, (this.#counts.get(counter) ?? 0) + by);
   }
 
@@ -28,19 +65,33 @@ export class SessionMetrics implements RoundTripCounter {
     this.increment('roundTrips');
   }
 
+  /** Records how long an operation took, from a `performance.now()` start. */
+  time(name: TimingName, startedAt: number): void {
+    const elapsed = performance.now() - startedAt;
+    const timing = this.#timings.get(name) ?? { count: 0, totalMs: 0, maxMs: 0 };
+    timing.count++;
+    timing.totalMs += elapsed;
+    timing.maxMs = Math.max(timing.maxMs, elapsed);
+    this.#timings.set(name, timing);
+  }
+
   snapshot(): MetricsSnapshot {
-    const get = (counter: Counter) => this.#counts.get(counter) ?? 0;
+    const counts = Object.fromEntries(
+      COUNTERS.map((name) => [name, this.#counts.get(name) ?? 0]),
+    ) as Record<CounterName, number>;
+    const timings = Object.fromEntries(
+      TIMINGS.map((name) => [
+        name,
+        { ...(this.#timings.get(name) ?? { count: 0, totalMs: 0, maxMs: 0 }) },
+      ]),
+    ) as Record<TimingName, TimingSnapshot>;
+    const lookups = counts.cacheHits + counts.cacheMisses;
     return {
-      roundTrips: get('roundTrips'),
-      loads: get('loads'),
-      creates: get('creates'),
-      saves: get('saves'),
-      touches: get('touches'),
-      destroys: get('destroys'),
-      conflicts: get('conflicts'),
-      misses: get('misses'),
-      invalidTokens: get('invalidTokens'),
-      unavailable: get('unavailable'),
+      ...counts,
+      roundTripsPerRequest: counts.requests === 0 ? 0 : counts.roundTrips / counts.requests,
+      cacheHitRatio: lookups === 0 ? 0 : counts.cacheHits / lookups,
+      timings,
+      ...this.gauges(),
     };
   }
 }

@@ -1,26 +1,19 @@
+import { EventEmitter } from 'node:events';
 import type { Context, Middleware, Next } from 'koa';
-import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
-import pg from 'pg';
+import { sql, type Transaction } from 'kysely';
 import { SessionControl } from './control.js';
-import { clearCookie, readToken, writeCookie } from './cookie.js';
-import { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
-import { PoolRunner, TransactionRunner } from './db/runner.js';
+import { readToken } from './cookie.js';
+import { TransactionRunner } from './db/runner.js';
 import type { SessionsDatabase } from './db/schema.js';
-import { checkSchema } from './db/schema-guard.js';
 import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
-import {
-  SessionConflictError,
-  SessionError,
-  SessionLockTimeoutError,
-  SessionStoreUnavailableError,
-  SessionTooLargeError,
-} from './errors.js';
-import { SessionMetrics } from './metrics.js';
+import { SessionEngine } from './engine.js';
+import { SessionError, SessionLockTimeoutError, SessionStoreUnavailableError } from './errors.js';
+import type { GcRunResult } from './jobs/garbage-collector.js';
+import type { SessionMetrics } from './metrics.js';
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from './options.js';
 import { RequestState } from './request-state.js';
-import { collectChanges, isForcedSave, markSaved, replaceData, type Session } from './session.js';
-import { SessionStore } from './store.js';
-import { generateToken, hashToken } from './token.js';
+import { replaceData, type Session } from './session.js';
+import { commitSession, loadSession } from './session-flow.js';
 
 const STATE = Symbol('pg-sessions.state');
 
@@ -39,12 +32,20 @@ declare module 'koa' {
 
 /** The Koa middleware, with its lifecycle and counters. */
 export interface SessionMiddleware extends Middleware {
-  /** Connects and checks the schema; called by the first request if you do not. Idempotent. */
+  /** Connects, checks the schema, starts the listener and jobs; the first request calls it. Idempotent. */
   start(): Promise<void>;
-  /** Closes the pools pg-sessions created. Idempotent. */
+  /** Flushes pending touches, stops the listener and jobs, closes the pools pg-sessions created. Idempotent. */
   close(): Promise<void>;
+  /** Runs garbage collection now (unless another process holds the lock). */
+  collectGarbage(): Promise<GcRunResult | undefined>;
+  /** Writes pending touches now. */
+  flushTouches(): Promise<void>;
   readonly metrics: SessionMetrics;
   readonly options: ResolvedOptions;
+  /** Emits 'cache:listener:up', 'cache:listener:down' and 'cache:notification'. */
+  readonly events: EventEmitter;
+  /** Backend pid of this process's LISTEN connection, while it is up. */
+  readonly listenerPid: number | undefined;
 }
 
 /**
@@ -53,44 +54,22 @@ export interface SessionMiddleware extends Middleware {
  * @example
  * const app = new Koa();
  * app.keys = ['a long random secret'];
- * const middleware = sessions({ database: process.env.DATABASE_URL });
- * app.use(middleware);
+ * app.use(sessions({ database: process.env.DATABASE_URL }));
  * app.use((ctx) => { ctx.session!.views = Number(ctx.session!.views ?? 0) + 1; });
  */
 export function sessions(options: SessionOptions = {}): SessionMiddleware {
   const resolved = resolveOptions(options);
-  const metrics = new SessionMetrics();
-  const store = new SessionStore({
-    idleTimeoutMs: resolved.idleTimeout,
-    absoluteTimeoutMs: resolved.absoluteTimeout,
-    touchIntervalMs: resolved.touchInterval,
-  });
-  const database = openDatabase(resolved);
-  const kysely = new Kysely<SessionsDatabase>({
-    dialect: new PostgresDialect({ pool: () => Promise.resolve(database.writer()) }),
-  });
-  let starting: Promise<void> | undefined;
-  let closing: Promise<void> | undefined;
-
-  const start = (): Promise<void> => {
-    starting ??= (async () => {
-      if (resolved.checkSchema) await checkSchema(database.writer());
-    })().catch((error: unknown) => {
-      starting = undefined;
-      throw error;
-    });
-    return starting;
-  };
-
-  const close = (): Promise<void> => {
-    // Kysely shares the database's pool: closing the database closes everything.
-    closing ??= database.close();
-    return closing;
-  };
+  const engine = new SessionEngine(resolved);
+  const { metrics } = engine;
+  const events = new EventEmitter();
+  engine.listener?.on('up', () => events.emit('cache:listener:up'));
+  engine.listener?.on('down', (error) => events.emit('cache:listener:down', error));
+  engine.listener?.on('notification', (message) => events.emit('cache:notification', message));
 
   const middleware = async (ctx: Context, next: Next): Promise<void> => {
     installAccessors(ctx);
-    await start();
+    await guard(() => engine.start());
+    metrics.increment('requests');
     const tenantId = validTenant(resolved.tenant(ctx));
     const mode = resolved.mode(ctx);
     const presented = readToken(ctx, resolved.cookie, resolved.bearer);
@@ -98,26 +77,28 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
       metrics.increment('invalidTokens');
       ctx.app.emit('session:invalid', { ctx, via: presented.via });
     }
-    const poolRunner = (state: RequestState) =>
-      new PoolRunner(
-        () => database.reader(state.fence),
-        () => database.writer(),
-        { tenant: tenantId, actor: resolved.actor(ctx, state.userId) },
-        metrics,
-      );
     const state: RequestState = new RequestState(ctx, tenantId, mode, presented, {
-      read: (query) => poolRunner(state).read(query),
-      write: (query) => poolRunner(state).write(query),
+      read: (query) =>
+        engine
+          .runner({ tenant: tenantId, actor: resolved.actor(ctx, state.userId) }, () => state.fence)
+          .read(query),
+      write: (query) =>
+        engine
+          .runner({ tenant: tenantId, actor: resolved.actor(ctx, state.userId) }, () => state.fence)
+          .write(query),
     });
     ctx[STATE] = state;
-    ctx.sessions = new SessionControl(state, store, { onMaxSessions: resolved.maxSessionsPerUser });
+    ctx.sessions = new SessionControl(state, engine.store, {
+      onMaxSessions: resolved.maxSessionsPerUser,
+      ended: (ended) => engine.forgetEnded(tenantId, ended),
+    });
 
     if (resolved.transaction(ctx) === 'request' || mode === 'lock') {
       await inRequestTransaction(state, next);
     } else {
-      await guard(() => load(state));
+      await guard(() => loadSession(engine, state));
       await next();
-      await guard(() => commit(state));
+      await guard(() => commitSession(engine, state));
     }
   };
 
@@ -125,14 +106,15 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
     const ctx = state.ctx;
     let began = false;
     try {
-      await kysely.transaction().execute(async (trx) => {
+      await engine.kysely.transaction().execute(async (trx) => {
         began = true;
         metrics.roundTrip();
         await sql`SELECT set_config('sessions.tenant', ${state.tenantId}, true),
           set_config('sessions.actor', ${resolved.actor(ctx, state.userId)}, true),
           set_config('lock_timeout', ${`${resolved.lockTimeout}ms`}, true)`.execute(trx);
         state.runner = new TransactionRunner(trx, metrics);
-        await guard(() => load(state, state.mode === 'lock'));
+        state.inTransaction = true;
+        await guard(() => loadSession(engine, state, state.mode === 'lock'));
         ctx.db = trx;
         try {
           await next();
@@ -142,144 +124,16 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
         const actor = resolved.actor(ctx, state.userId);
         await guard(async () => {
           await sql`SELECT set_config('sessions.actor', ${actor}, true)`.execute(trx);
-          await commit(state);
+          await commitSession(engine, state);
         });
       });
     } catch (error) {
-      // Errors of BEGIN/COMMIT themselves; the handler's own errors pass through untouched.
+      // BEGIN or COMMIT failing; the handler's own errors pass through untouched.
       if (!began || (!(error instanceof SessionError) && isUnavailableError(error))) {
         throw translate(error);
       }
       throw error;
     }
-  }
-
-  async function load(state: RequestState, forUpdate = false): Promise<void> {
-    const token = state.presented.token;
-    if (!token) return;
-    metrics.increment('loads');
-    const record = await store.load(state.runner, state.tenantId, hashToken(token), { forUpdate });
-    if (record) {
-      state.record = record;
-      state.token = token;
-    } else {
-      metrics.increment('misses');
-      state.ctx.app.emit('session:missed', { ctx: state.ctx, via: state.presented.via });
-    }
-  }
-
-  async function commit(state: RequestState): Promise<void> {
-    const { ctx } = state;
-    const cookieTransport = state.presented.via !== 'bearer';
-    const staleCookie = state.presented.via === 'cookie' && !state.record;
-    if (state.revokedSelf) {
-      if (cookieTransport) clearCookie(ctx, resolved.cookie);
-      return;
-    }
-    if (state.destroyed && state.record) {
-      await store.destroy(state.runner, state.tenantId, state.record.id);
-      metrics.increment('destroys');
-      state.record = undefined;
-      if (!state.session && cookieTransport) clearCookie(ctx, resolved.cookie);
-    }
-    const session = state.session;
-    if (!session) {
-      if (state.record?.touchDue) await touch(state);
-      if (staleCookie && !state.destroyed) clearCookie(ctx, resolved.cookie);
-      if (state.destroyed && state.presented.token && cookieTransport)
-        clearCookie(ctx, resolved.cookie);
-      return;
-    }
-    const changes = collectChanges(session);
-    if (changes.size > resolved.maxSize)
-      throw new SessionTooLargeError(changes.size, resolved.maxSize);
-    const dataChanged = Object.keys(changes.patch).length > 0 || changes.removed.length > 0;
-    const changed =
-      dataChanged || isForcedSave(session) || state.rotate || state.pendingUserId !== undefined;
-
-    if (!state.record) {
-      if (!changed && !resolved.saveUninitialized) {
-        if (staleCookie) clearCookie(ctx, resolved.cookie);
-        return;
-      }
-      state.token ??= generateToken();
-      const { record, fence } = await store.create(state.runner, {
-        tenantId: state.tenantId,
-        tokenHash: hashToken(state.token),
-        data: session.toJSON(),
-        userId: state.pendingUserId ?? null,
-        ip: ctx.ip || null,
-        userAgent: ctx.get('user-agent').slice(0, 1024) || null,
-      });
-      metrics.increment('creates');
-      state.record = record;
-      state.destroyed = false;
-      state.fence = fence;
-      markSaved(session);
-      if (cookieTransport) writeCookie(ctx, resolved.cookie, state.token, session.maxAge);
-      await enforceMaxSessions(state);
-      return;
-    }
-
-    if (!changed) {
-      if (state.record.touchDue) await touch(state);
-      return;
-    }
-    const record = state.record;
-    const { record: saved, fence } = await store.saveDelta(state.runner, {
-      tenantId: state.tenantId,
-      id: record.id,
-      tokenHash: record.tokenHash,
-      patch: changes.patch,
-      removed: changes.removed,
-      newTokenHash: state.rotate && state.token ? hashToken(state.token) : undefined,
-      userId: state.pendingUserId,
-      expected: state.mode === 'strict' ? changes.expected : undefined,
-    });
-    if (!saved) {
-      if (
-        state.mode === 'strict' &&
-        (await store.isLive(state.runner, state.tenantId, record.id, record.tokenHash))
-      ) {
-        metrics.increment('conflicts');
-        ctx.app.emit('session:conflict', {
-          ctx,
-          id: record.id,
-          keys: [...changes.expected.keys()],
-        });
-        throw new SessionConflictError([...changes.expected.keys()]);
-      }
-      // Destroyed, revoked or expired while this request ran: it stays that way.
-      state.record = undefined;
-      ctx.app.emit('session:missed', { ctx, via: state.presented.via });
-      if (cookieTransport) clearCookie(ctx, resolved.cookie);
-      return;
-    }
-    metrics.increment('saves');
-    state.record = saved;
-    state.fence = fence;
-    markSaved(session);
-    if (
-      cookieTransport &&
-      (state.rotate || isForcedSave(session) || session.maxAge !== undefined)
-    ) {
-      writeCookie(ctx, resolved.cookie, state.token!, session.maxAge);
-    }
-    state.rotate = false;
-    if (state.pendingUserId) await enforceMaxSessions(state);
-  }
-
-  async function touch(state: RequestState): Promise<void> {
-    if (!state.record) return;
-    metrics.increment('touches');
-    await store.touch(state.runner, state.tenantId, state.record.id, state.record.tokenHash);
-  }
-
-  async function enforceMaxSessions(state: RequestState): Promise<void> {
-    const max = resolved.maxSessionsPerUser;
-    const userId = state.record?.userId;
-    if (max === undefined || !userId || !state.record) return;
-    await store.enforceMaxSessions(state.runner, state.tenantId, userId, max, state.record.id);
   }
 
   async function guard<T>(work: () => Promise<T>): Promise<T> {
@@ -292,7 +146,19 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
     }
   }
 
-  return Object.assign(middleware, { start, close, metrics, options: resolved });
+  const api = Object.assign(middleware, {
+    start: () => engine.start(),
+    close: () => engine.close(),
+    collectGarbage: async () => engine.gc?.runOnce(),
+    flushTouches: () => engine.touches.flush(),
+    metrics,
+    options: resolved,
+    events,
+  });
+  return Object.defineProperty(api, 'listenerPid', {
+    get: () => (engine.listener?.healthy ? engine.listener.backendPid : undefined),
+    enumerable: true,
+  }) as SessionMiddleware;
 }
 
 /** Database errors become typed session errors; ours and the handler's pass through. */
@@ -318,22 +184,6 @@ function validTenant(tenant: unknown): string {
     );
   }
   return tenant;
-}
-
-function openDatabase(options: ResolvedOptions): SessionDatabase {
-  const { database } = options;
-  if (isSessionDatabase(database)) return database;
-  if (database instanceof pg.Pool) return SinglePoolDatabase.wrap(database);
-  const base: pg.PoolConfig =
-    typeof database === 'string' ? { connectionString: database } : database;
-  return SinglePoolDatabase.create({
-    max: options.poolSize,
-    connectionTimeoutMillis: options.connectTimeout,
-    statement_timeout: options.statementTimeout,
-    // Give up on a query the server never answers (a dead host) a little after the server would.
-    query_timeout: options.statementTimeout + options.connectTimeout,
-    ...base,
-  });
 }
 
 /** ctx.session is an accessor on the app's context prototype, installed once per app. */

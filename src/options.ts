@@ -2,12 +2,35 @@ import type { Context } from 'koa';
 import type pg from 'pg';
 import type { SessionDatabase } from './db/router.js';
 import { SessionOptionsError } from './errors.js';
+import { defaultLogger, type Logger } from './logger.js';
 
 /** How concurrent requests on one session combine their writes. */
 export type ConcurrencyMode = 'merge' | 'strict' | 'lock';
 
 /** `request`: one transaction on the primary around the handler (exposed as `ctx.db`). */
 export type TransactionMode = 'none' | 'request';
+
+export interface CacheOptions {
+  /** Most sessions kept in memory per process. @default 10_000 */
+  maxEntries?: number;
+  /** Most memory for them, estimated from each row's JSON. @default 67_108_864 (64 MiB) */
+  maxBytes?: number;
+  /** How often the LISTEN connection proves it is alive, ms. @default 10_000 */
+  heartbeatInterval?: number;
+  /** First delay before the listener reconnects, ms; doubles per failure, with jitter. @default 100 */
+  reconnectMinDelay?: number;
+  /** Longest delay between reconnection attempts, ms. @default 5_000 */
+  reconnectMaxDelay?: number;
+}
+
+export interface GcOptions {
+  /** Mean time between runs in this process, ms (±20 % jitter). @default 300_000 */
+  interval?: number;
+  /** Rows deleted per transaction. @default 500 */
+  batchSize?: number;
+  /** Batches per run at most. @default 1_000 */
+  maxBatches?: number;
+}
 
 export interface CookieOptions {
   /** Cookie name. Over HTTPS with `hostPrefix`, `__Host-` is prepended. @default 'sid' */
@@ -74,6 +97,17 @@ export interface SessionOptions {
   poolSize?: number;
   /** Check at start that the schema's migrations match this version of the code. @default true */
   checkSchema?: boolean;
+  /**
+   * The per-process cache, kept true by LISTEN/NOTIFY; `false` reads every session
+   * from the database. @default enabled with the defaults of {@link CacheOptions}
+   */
+  cache?: false | CacheOptions;
+  /** Touches of unchanged sessions are written together once per interval, ms. @default min(2_000, idleTimeout / 4) */
+  touchFlushInterval?: number;
+  /** Background garbage collection (one process at a time); `false` leaves it to `pg-sessions gc`. @default enabled */
+  gc?: false | GcOptions;
+  /** A pino-compatible logger. @default util.debuglog('pg-sessions') (NODE_DEBUG=pg-sessions) */
+  logger?: Logger;
 }
 
 export interface ResolvedCookieOptions {
@@ -106,6 +140,10 @@ export interface ResolvedOptions {
   readonly connectTimeout: number;
   readonly poolSize: number;
   readonly checkSchema: boolean;
+  readonly cache: false | Readonly<Required<CacheOptions>>;
+  readonly touchFlushInterval: number;
+  readonly gc: false | Readonly<Required<GcOptions>>;
+  readonly logger: Logger;
 }
 
 const MODES: readonly ConcurrencyMode[] = ['merge', 'strict', 'lock'];
@@ -173,6 +211,43 @@ export function resolveOptions(options: SessionOptions = {}): ResolvedOptions {
     connectTimeout: duration('connectTimeout', options.connectTimeout, 5_000),
     poolSize: duration('poolSize', options.poolSize, 10),
     checkSchema: options.checkSchema ?? true,
+    cache:
+      options.cache === false
+        ? false
+        : Object.freeze({
+            maxEntries: duration('cache.maxEntries', options.cache?.maxEntries, 10_000),
+            maxBytes: duration('cache.maxBytes', options.cache?.maxBytes, 64 * 1024 * 1024),
+            heartbeatInterval: duration(
+              'cache.heartbeatInterval',
+              options.cache?.heartbeatInterval,
+              10_000,
+            ),
+            reconnectMinDelay: duration(
+              'cache.reconnectMinDelay',
+              options.cache?.reconnectMinDelay,
+              100,
+            ),
+            reconnectMaxDelay: duration(
+              'cache.reconnectMaxDelay',
+              options.cache?.reconnectMaxDelay,
+              5_000,
+            ),
+          }),
+    // Batched touches must land well before an idle session would expire.
+    touchFlushInterval: duration(
+      'touchFlushInterval',
+      options.touchFlushInterval,
+      Math.max(10, Math.min(2_000, idleTimeout / 4)),
+    ),
+    gc:
+      options.gc === false
+        ? false
+        : Object.freeze({
+            interval: duration('gc.interval', options.gc?.interval, 300_000),
+            batchSize: duration('gc.batchSize', options.gc?.batchSize, 500),
+            maxBatches: duration('gc.maxBatches', options.gc?.maxBatches, 1_000),
+          }),
+    logger: options.logger ?? defaultLogger(),
   });
 }
 

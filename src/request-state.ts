@@ -24,6 +24,8 @@ export class RequestState {
   pendingUserId: string | null | undefined;
   /** The commit LSN of this request's last write, for read-your-writes on replicas. */
   fence: string | undefined;
+  /** Statements run in the request's transaction: the cache is neither read nor filled. */
+  inTransaction = false;
 
   constructor(
     readonly ctx: Context,

@@ -27,6 +27,12 @@ export interface DeviceSession {
   readonly userAgent: string | null;
 }
 
+/** A session a revocation ended: its id, and the hash its cache entry is keyed by. */
+export interface EndedSession {
+  readonly id: string;
+  readonly tokenHash: Buffer;
+}
+
 /** Durations in milliseconds that shape the expiry columns. */
 export interface ExpiryPolicy {
   readonly idleTimeoutMs: number;
@@ -217,6 +223,27 @@ export class SessionStore {
     return rows.length > 0;
   }
 
+  /**
+   * Touches many sessions of one tenant in one statement (the batched touches);
+   * only live rows match, so a revoked or expired session is never extended.
+   */
+  async touchMany(
+    runner: StatementRunner,
+    tenantId: string,
+    ids: readonly string[],
+  ): Promise<number> {
+    const { rows } = await runner.write(
+      db
+        .updateTable('sessions.session')
+        .set(touchColumns(this.expiry.idleTimeoutMs))
+        .where('tenant_id', '=', tenantId)
+        .where(sql<boolean>`id = ANY(${[...ids]}::uuid[])`)
+        .where(live)
+        .returning('id'),
+    );
+    return rows.length;
+  }
+
   /** Deletes the session row (event `destroyed`). */
   async destroy(runner: StatementRunner, tenantId: string, id: string): Promise<boolean> {
     const { rows } = await runner.write(
@@ -229,8 +256,13 @@ export class SessionStore {
     return rows.length > 0;
   }
 
-  /** Revokes one session by its public id (event `revoked`); false if it was not live. */
-  async revoke(runner: StatementRunner, tenantId: string, id: string, reason: string) {
+  /** Revokes one session by its public id (event `revoked`); the ended sessions. */
+  async revoke(
+    runner: StatementRunner,
+    tenantId: string,
+    id: string,
+    reason: string,
+  ): Promise<EndedSession[]> {
     const { rows } = await runner.write(
       db
         .updateTable('sessions.session')
@@ -238,19 +270,19 @@ export class SessionStore {
         .where('tenant_id', '=', tenantId)
         .where('id', '=', id)
         .where(live)
-        .returning('id'),
+        .returning(['id', 'token_hash']),
     );
-    return rows.length > 0;
+    return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash }));
   }
 
-  /** Revokes every live session of a user, optionally but one; returns the ids revoked. */
+  /** Revokes every live session of a user, optionally but one; returns the ended sessions. */
   async revokeUser(
     runner: StatementRunner,
     tenantId: string,
     userId: string,
     reason: string,
     exceptId?: string,
-  ): Promise<string[]> {
+  ): Promise<EndedSession[]> {
     let query = db
       .updateTable('sessions.session')
       .set({ revoked_at: sql`now()`, revoked_reason: reason })
@@ -258,8 +290,8 @@ export class SessionStore {
       .where('user_id', '=', userId)
       .where(live);
     if (exceptId) query = query.where('id', '!=', exceptId);
-    const { rows } = await runner.write(query.returning('id'));
-    return rows.map((row) => row.id);
+    const { rows } = await runner.write(query.returning(['id', 'token_hash']));
+    return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash }));
   }
 
   /**
@@ -272,7 +304,7 @@ export class SessionStore {
     userId: string,
     max: number,
     keepId: string,
-  ): Promise<string[]> {
+  ): Promise<EndedSession[]> {
     const surplus = db
       .selectFrom('sessions.session')
       .select('id')
@@ -290,9 +322,9 @@ export class SessionStore {
         .where('tenant_id', '=', tenantId)
         .where('id', 'in', surplus)
         .where(live)
-        .returning('id'),
+        .returning(['id', 'token_hash']),
     );
-    return rows.map((row) => row.id);
+    return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash }));
   }
 
   /** A user's live sessions, newest activity first. */

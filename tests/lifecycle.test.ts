@@ -101,6 +101,8 @@ test('touch slides idle expiry forward and never moves last_seen_at backwards', 
   const before = (await sessionRows(admin)).find((row) => row.id === id);
   await new Promise((resolve) => setTimeout(resolve, 50));
   await browser.get('/get');
+  // Touches are batched: nothing is written until the flush.
+  await app.middleware.flushTouches();
   const after = (await sessionRows(admin)).find((row) => row.id === id);
   t.true(after.last_seen_at > before.last_seen_at);
   t.true(after.idle_expires_at > before.idle_expires_at);

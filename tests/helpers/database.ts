@@ -5,6 +5,7 @@ import { createTestDatabase, type TestDatabase } from '../../src/testing/index.j
 export async function setupDatabase(): Promise<{ db: TestDatabase; admin: pg.Pool }> {
   const db = await createTestDatabase();
   const admin = new pg.Pool({ connectionString: db.url, max: 4 });
+  admin.on('error', () => {});
   return { db, admin };
 }
 

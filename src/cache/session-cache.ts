@@ -1,0 +1,121 @@
+import { LRUCache } from 'lru-cache';
+import type { SessionRecord } from '../store.js';
+
+export interface SessionCacheOptions {
+  /** Most entries kept. */
+  readonly maxEntries: number;
+  /** Most bytes kept, estimated from each row's JSON size. */
+  readonly maxBytes: number;
+}
+
+/** The per-process session cache: rows keyed by tenant and token hash. */
+export class SessionCache {
+  readonly #entries: LRUCache<string, SessionRecord>;
+  /**
+   * Versions announced by notifications for keys not (or no longer) cached: a load
+   * that read an older version before the notification arrived must not cache it.
+   * Deletions are remembered as Infinity.
+   */
+  readonly #announced: LRUCache<string, number>;
+  /** Bumped whenever the cache is cleared: loads begun before cannot fill it. */
+  #epoch = 0;
+
+  constructor(options: SessionCacheOptions) {
+    this.#entries = new LRUCache<string, SessionRecord>({
+      max: options.maxEntries,
+      maxSize: options.maxBytes,
+      sizeCalculation: estimateBytes,
+    });
+    this.#announced = new LRUCache<string, number>({ max: Math.max(1000, options.maxEntries) });
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  get bytes(): number {
+    return this.#entries.calculatedSize;
+  }
+
+  /** The epoch to pass back to {@link set}: a load records it before it starts. */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  get(tenantId: string, tokenHash: Buffer): SessionRecord | undefined {
+    return this.#entries.get(key(tenantId, tokenHash.toString('hex')));
+  }
+
+  /**
+   * Caches a row read or written at `epoch`, unless the cache was cleared since, or a
+   * notification already announced a newer version (or the row's deletion).
+   */
+  set(record: SessionRecord, epoch: number): void {
+    if (epoch !== this.#epoch) return;
+    const cacheKey = key(record.tenantId, record.tokenHash.toString('hex'));
+    const announced = this.#announced.get(cacheKey);
+    if (announced !== undefined && announced > record.version) return;
+    const current = this.#entries.get(cacheKey);
+    if (current && current.version > record.version) return;
+    this.#entries.set(cacheKey, record);
+  }
+
+  /** Replaces a cached row's activity columns after a touch (same version). */
+  touched(record: SessionRecord, lastSeenAt: Date): void {
+    const cacheKey = key(record.tenantId, record.tokenHash.toString('hex'));
+    const current = this.#entries.get(cacheKey);
+    if (current && current.version === record.version) {
+      this.#entries.set(cacheKey, { ...current, lastSeenAt, touchDue: false });
+    }
+  }
+
+  /** A notification: drop the entry unless it is already at least that version. True if evicted. */
+  invalidate(tenantId: string, tokenHashHex: string, version: number, deleted: boolean): boolean {
+    const cacheKey = key(tenantId, tokenHashHex);
+    const announced = deleted ? Number.POSITIVE_INFINITY : version;
+    this.#announced.set(cacheKey, Math.max(announced, this.#announced.get(cacheKey) ?? 0));
+    const current = this.#entries.get(cacheKey);
+    if (!current) return false;
+    if (!deleted && current.version >= version) return false;
+    this.#entries.delete(cacheKey);
+    return true;
+  }
+
+  /** Drops one entry without remembering anything about it (the row may come back). */
+  delete(tenantId: string, tokenHashHex: string): void {
+    this.#entries.delete(key(tenantId, tokenHashHex));
+  }
+
+  /** Drops every entry of a tenant (bulk changes); returns how many. */
+  invalidateTenant(tenantId: string): number {
+    let evicted = 0;
+    for (const [cacheKey, record] of this.#entries.entries()) {
+      if (record.tenantId === tenantId) {
+        this.#entries.delete(cacheKey);
+        evicted++;
+      }
+    }
+    return evicted;
+  }
+
+  /** Forgets everything, and makes loads already under way unable to fill the cache. */
+  clear(): void {
+    this.#epoch++;
+    this.#entries.clear();
+    this.#announced.clear();
+  }
+}
+
+function key(tenantId: string, tokenHashHex: string): string {
+  return `${tokenHashHex}:${tenantId}`;
+}
+
+/** A row's memory, roughly: its data as JSON plus the fixed columns. */
+function estimateBytes(record: SessionRecord): number {
+  return (
+    400 +
+    record.tenantId.length * 2 +
+    (record.userId?.length ?? 0) * 2 +
+    JSON.stringify(record.data).length * 2
+  );
+}

@@ -1,0 +1,154 @@
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import { SessionListener } from './cache/listener.js';
+import { SessionCache } from './cache/session-cache.js';
+import { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
+import { PoolRunner, type Scope } from './db/runner.js';
+import type { SessionsDatabase } from './db/schema.js';
+import { checkSchema } from './db/schema-guard.js';
+import { GarbageCollector } from './jobs/garbage-collector.js';
+import { TouchBatcher } from './jobs/touch-batcher.js';
+import { SessionMetrics } from './metrics.js';
+import type { ResolvedOptions } from './options.js';
+import { type EndedSession, SessionStore } from './store.js';
+
+/**
+ * The per-process parts behind the middleware: the database router, the store, the
+ * cache and its listener, the touch batcher and the garbage collector. Start and
+ * stop are idempotent and share one in-flight promise.
+ */
+export class SessionEngine {
+  readonly metrics = new SessionMetrics();
+  readonly store: SessionStore;
+  readonly database: SessionDatabase;
+  readonly kysely: Kysely<SessionsDatabase>;
+  readonly cache: SessionCache | undefined;
+  readonly listener: SessionListener | undefined;
+  readonly touches: TouchBatcher;
+  readonly gc: GarbageCollector | undefined;
+  #starting: Promise<void> | undefined;
+  #closing: Promise<void> | undefined;
+
+  constructor(readonly options: ResolvedOptions) {
+    this.store = new SessionStore({
+      idleTimeoutMs: options.idleTimeout,
+      absoluteTimeoutMs: options.absoluteTimeout,
+      touchIntervalMs: options.touchInterval,
+    });
+    this.database = openDatabase(options);
+    this.kysely = new Kysely<SessionsDatabase>({
+      dialect: new PostgresDialect({ pool: () => Promise.resolve(this.database.writer()) }),
+    });
+    if (options.cache) {
+      this.cache = new SessionCache(options.cache);
+      this.listener = new SessionListener(
+        () => this.database.listenerConfig(),
+        this.cache,
+        this.metrics,
+        options.logger,
+        {
+          heartbeatInterval: options.cache.heartbeatInterval,
+          minBackoff: options.cache.reconnectMinDelay,
+          maxBackoff: options.cache.reconnectMaxDelay,
+        },
+      );
+    }
+    this.touches = new TouchBatcher(
+      async (tenantId, ids) => {
+        await this.store.touchMany(
+          this.runner({ tenant: tenantId, actor: 'pg-sessions:touch' }),
+          tenantId,
+          ids,
+        );
+      },
+      options.touchFlushInterval,
+      this.metrics,
+      options.logger,
+    );
+    if (options.gc) {
+      this.gc = new GarbageCollector(
+        () => this.database.writer(),
+        {
+          intervalMs: options.gc.interval,
+          batchSize: options.gc.batchSize,
+          maxBatches: options.gc.maxBatches,
+        },
+        this.metrics,
+        options.logger,
+      );
+    }
+    this.metrics.gauges = () => ({
+      cacheEntries: this.cache?.size ?? 0,
+      cacheBytes: this.cache?.bytes ?? 0,
+      listenerUp: this.listener?.healthy ?? false,
+    });
+  }
+
+  /** True when a cached row may be served (cache on and its listener up). */
+  get cacheTrusted(): boolean {
+    return this.listener?.healthy === true;
+  }
+
+  /** Sessions ended by this process: never serve them from its cache again. */
+  forgetEnded(tenantId: string, ended: readonly EndedSession[]): void {
+    for (const session of ended) {
+      this.cache?.invalidate(
+        tenantId,
+        session.tokenHash.toString('hex'),
+        Number.POSITIVE_INFINITY,
+        true,
+      );
+    }
+  }
+
+  /** A pool runner for one scope; reads go to `reader(fence)`. */
+  runner(scope: Scope, fence: () => string | undefined = () => undefined): PoolRunner {
+    return new PoolRunner(
+      () => this.database.reader(fence()),
+      () => this.database.writer(),
+      scope,
+      this.metrics,
+    );
+  }
+
+  start(): Promise<void> {
+    this.#starting ??= (async () => {
+      if (this.options.checkSchema) await checkSchema(this.database.writer());
+      await this.listener?.start();
+      this.touches.start();
+      this.gc?.start();
+    })().catch((error: unknown) => {
+      this.#starting = undefined;
+      throw error;
+    });
+    return this.#starting;
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#starting?.catch(() => {});
+      await this.gc?.stop();
+      await this.touches.stop();
+      await this.listener?.stop();
+      // Kysely shares the database's pool: closing the database closes everything.
+      await this.database.close();
+    })();
+    return this.#closing;
+  }
+}
+
+function openDatabase(options: ResolvedOptions): SessionDatabase {
+  const { database } = options;
+  if (isSessionDatabase(database)) return database;
+  if (database instanceof pg.Pool) return SinglePoolDatabase.wrap(database);
+  const base: pg.PoolConfig =
+    typeof database === 'string' ? { connectionString: database } : database;
+  return SinglePoolDatabase.create({
+    max: options.poolSize,
+    connectionTimeoutMillis: options.connectTimeout,
+    statement_timeout: options.statementTimeout,
+    // Give up on a query the server never answers (a dead host) a little after the server would.
+    query_timeout: options.statementTimeout + options.connectTimeout,
+    ...base,
+  });
+}
