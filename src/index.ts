@@ -29,14 +29,26 @@ export {
   SessionStoreUnavailableError,
   SessionTooLargeError,
 } from './errors.js';
-export type { MetricsSnapshot, SessionMetrics } from './metrics.js';
+export type { GcRunResult } from './jobs/garbage-collector.js';
+export { collectGarbage, GC_LOCK } from './jobs/garbage-collector.js';
+export type { Logger } from './logger.js';
+export type {
+  CounterName,
+  MetricsSnapshot,
+  SessionMetrics,
+  TimingName,
+  TimingSnapshot,
+} from './metrics.js';
 export { type SessionMiddleware, sessions } from './middleware.js';
 export type {
+  CacheOptions,
   ConcurrencyMode,
   CookieOptions,
+  GcOptions,
   ResolvedOptions,
   SessionOptions,
   TransactionMode,
 } from './options.js';
+export { registerPrometheusMetrics } from './prometheus.js';
 export type { Session } from './session.js';
 export type { DeviceSession, SessionRecord } from './store.js';
