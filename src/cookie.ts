@@ -92,3 +92,34 @@ export function clearCookie(ctx: Context, options: ResolvedCookieOptions): void 
     expires: new Date(0),
   });
 }
+
+/**
+ * The read-your-writes fence: the version of the session row this client last wrote,
+ * carried in a second cookie so that any app process (reading from a replica) can
+ * tell a lagging copy from the current one. Not secret; a forged value only sends
+ * this client's own reads to the primary.
+ */
+export function readVersionFence(ctx: Context, options: ResolvedCookieOptions): number {
+  const value = ctx.cookies.get(`${cookieName(ctx, options)}.v`, { signed: false });
+  const version = Number(value);
+  return Number.isSafeInteger(version) && version > 0 ? version : 0;
+}
+
+export function writeVersionFence(
+  ctx: Context,
+  options: ResolvedCookieOptions,
+  version: number,
+  maxAge: number | 'session' | undefined,
+): void {
+  const lifetime = maxAge ?? options.maxAge;
+  ctx.cookies.set(`${cookieName(ctx, options)}.v`, String(version), {
+    httpOnly: true,
+    sameSite: options.sameSite,
+    secure: isSecure(ctx, options),
+    path: options.path,
+    domain: options.domain,
+    signed: false,
+    overwrite: true,
+    ...(lifetime === 'session' ? {} : { maxAge: lifetime }),
+  });
+}

@@ -36,8 +36,13 @@ export class SessionEngine {
       touchIntervalMs: options.touchInterval,
     });
     this.database = openDatabase(options);
+    // Always the current primary's pool, also after a failover swapped it.
+    const writerPool = {
+      connect: () => this.database.writer().connect(),
+      end: async () => {},
+    };
     this.kysely = new Kysely<SessionsDatabase>({
-      dialect: new PostgresDialect({ pool: () => Promise.resolve(this.database.writer()) }),
+      dialect: new PostgresDialect({ pool: writerPool as unknown as pg.Pool }),
     });
     if (options.cache) {
       this.cache = new SessionCache(options.cache);
@@ -89,6 +94,27 @@ export class SessionEngine {
     return this.listener?.healthy === true;
   }
 
+  /**
+   * Runs `work`; when it fails because the primary is gone or read-only and the router
+   * finds a new primary within its failover timeout, runs it once more with `retry` true.
+   */
+  async withFailover<T>(work: (retry: boolean) => Promise<T>): Promise<T> {
+    try {
+      return await work(false);
+    } catch (error) {
+      const failover = (this.database as { failover?: (error: unknown) => Promise<boolean> })
+        .failover;
+      if (!failover || !(await failover.call(this.database, error))) throw error;
+      this.options.logger.warn({ err: error }, 'pg-sessions retrying once on the new primary');
+      return work(true);
+    }
+  }
+
+  /** True when reads may come from replicas (the client then carries a version fence). */
+  get hasReplicas(): boolean {
+    return typeof (this.database as { isPrimary?: unknown }).isPrimary === 'function';
+  }
+
   /** Sessions ended by this process: never serve them from its cache again. */
   forgetEnded(tenantId: string, ended: readonly EndedSession[]): void {
     for (const session of ended) {
@@ -102,7 +128,10 @@ export class SessionEngine {
   }
 
   /** A pool runner for one scope; reads go to `reader(fence)`. */
-  runner(scope: Scope, fence: () => string | undefined = () => undefined): PoolRunner {
+  runner(
+    scope: Scope | (() => Scope),
+    fence: () => string | undefined = () => undefined,
+  ): PoolRunner {
     return new PoolRunner(
       () => this.database.reader(fence()),
       () => this.database.writer(),

@@ -15,6 +15,15 @@ export {
   MigrationError,
   migrate,
 } from './db/migrator.js';
+export {
+  formatLsn,
+  type HostConfig,
+  type HostState,
+  parseLsn,
+  ReplicaRouter,
+  type ReplicaRouterOptions,
+  type RouterCounters,
+} from './db/replica-router.js';
 export { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
 export type { EventTable, SessionsDatabase, SessionTable } from './db/schema.js';
 export { SqlState } from './db/sqlstate.js';

@@ -77,16 +77,16 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
       metrics.increment('invalidTokens');
       ctx.app.emit('session:invalid', { ctx, via: presented.via });
     }
-    const state: RequestState = new RequestState(ctx, tenantId, mode, presented, {
-      read: (query) =>
-        engine
-          .runner({ tenant: tenantId, actor: resolved.actor(ctx, state.userId) }, () => state.fence)
-          .read(query),
-      write: (query) =>
-        engine
-          .runner({ tenant: tenantId, actor: resolved.actor(ctx, state.userId) }, () => state.fence)
-          .write(query),
-    });
+    const state: RequestState = new RequestState(
+      ctx,
+      tenantId,
+      mode,
+      presented,
+      engine.runner(
+        () => ({ tenant: tenantId, actor: resolved.actor(ctx, state.userId) }),
+        () => state.fence,
+      ),
+    );
     ctx[STATE] = state;
     ctx.sessions = new SessionControl(state, engine.store, {
       onMaxSessions: resolved.maxSessionsPerUser,

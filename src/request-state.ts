@@ -24,6 +24,8 @@ export class RequestState {
   pendingUserId: string | null | undefined;
   /** The commit LSN of this request's last write, for read-your-writes on replicas. */
   fence: string | undefined;
+  /** The lowest row version this client has seen written (its read-your-writes fence cookie). */
+  minVersion = 0;
   /** Statements run in the request's transaction: the cache is neither read nor filled. */
   inTransaction = false;
 

@@ -1,4 +1,4 @@
-import { clearCookie, writeCookie } from './cookie.js';
+import { clearCookie, readVersionFence, writeCookie, writeVersionFence } from './cookie.js';
 import type { SessionEngine } from './engine.js';
 import { SessionConflictError, SessionTooLargeError } from './errors.js';
 import type { RequestState } from './request-state.js';
@@ -44,7 +44,17 @@ export async function loadSession(
   const epoch = cache?.epoch ?? 0;
   const startedAt = performance.now();
   metrics.increment('loads');
-  const record = await engine.store.load(state.runner, state.tenantId, tokenHash, { forUpdate });
+  if (engine.hasReplicas && state.presented.via === 'cookie') {
+    state.minVersion = readVersionFence(state.ctx, engine.options.cookie);
+  }
+  // A version announced by a notification is newer than any lagging replica's copy.
+  const minVersion = Math.max(
+    state.minVersion,
+    cache?.announcedVersion(state.tenantId, tokenHash) ?? 0,
+  );
+  const record = await engine.withFailover(() =>
+    engine.store.load(state.runner, state.tenantId, tokenHash, { forUpdate, minVersion }),
+  );
   metrics.time('load', startedAt);
   if (record) {
     state.record = record;
@@ -71,7 +81,8 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
     return;
   }
   if (state.destroyed && state.record) {
-    await store.destroy(state.runner, state.tenantId, state.record.id);
+    const doomed = state.record;
+    await engine.withFailover(() => store.destroy(state.runner, state.tenantId, doomed.id));
     metrics.increment('destroys');
     forget(engine, state.record);
     state.record = undefined;
@@ -99,13 +110,24 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
       return;
     }
     state.token ??= generateToken();
-    const { record, fence } = await store.create(state.runner, {
-      tenantId: state.tenantId,
-      tokenHash: hashToken(state.token),
-      data: session.toJSON(),
-      userId: state.pendingUserId ?? null,
-      ip: ctx.ip || null,
-      userAgent: ctx.get('user-agent').slice(0, 1024) || null,
+    const tokenHash = hashToken(state.token);
+    const { record, fence } = await engine.withFailover(async (retry) => {
+      try {
+        return await store.create(state.runner, {
+          tenantId: state.tenantId,
+          tokenHash,
+          data: session.toJSON(),
+          userId: state.pendingUserId ?? null,
+          ip: ctx.ip || null,
+          userAgent: ctx.get('user-agent').slice(0, 1024) || null,
+        });
+      } catch (error) {
+        // The first attempt's commit landed before the primary went away: not twice.
+        if (!retry || (error as { code?: string }).code !== '23505') throw error;
+        const landed = await store.load(state.runner, state.tenantId, tokenHash, { minVersion: 1 });
+        if (!landed) throw error;
+        return { record: landed, fence: undefined };
+      }
     });
     metrics.increment('creates');
     metrics.time('save', startedAt);
@@ -115,6 +137,8 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
     markSaved(session);
     remember(engine, state, record, epoch);
     if (cookieTransport) writeCookie(ctx, options.cookie, state.token, session.maxAge);
+    if (cookieTransport && engine.hasReplicas)
+      writeVersionFence(ctx, options.cookie, record.version, session.maxAge);
     await enforceMaxSessions(engine, state);
     return;
   }
@@ -124,15 +148,30 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
     return;
   }
   const loaded = state.record;
-  const { record: saved, fence } = await store.saveDelta(state.runner, {
-    tenantId: state.tenantId,
-    id: loaded.id,
-    tokenHash: loaded.tokenHash,
-    patch: changes.patch,
-    removed: changes.removed,
-    newTokenHash: state.rotate && state.token ? hashToken(state.token) : undefined,
-    userId: state.pendingUserId,
-    expected: state.mode === 'strict' ? changes.expected : undefined,
+  const newTokenHash = state.rotate && state.token ? hashToken(state.token) : undefined;
+  const { record: saved, fence } = await engine.withFailover(async (retry) => {
+    if (retry) {
+      // The first attempt may have committed just before the primary went away: a
+      // newer version that already holds this delta means it did. Never apply twice.
+      const current = await store.loadById(state.runner, state.tenantId, loaded.id);
+      if (
+        current &&
+        current.version > loaded.version &&
+        holdsDelta(current, changes, newTokenHash, state.pendingUserId)
+      ) {
+        return { record: current, fence: undefined };
+      }
+    }
+    return store.saveDelta(state.runner, {
+      tenantId: state.tenantId,
+      id: loaded.id,
+      tokenHash: loaded.tokenHash,
+      patch: changes.patch,
+      removed: changes.removed,
+      newTokenHash,
+      userId: state.pendingUserId,
+      expected: state.mode === 'strict' ? changes.expected : undefined,
+    });
   });
   metrics.time('save', startedAt);
   if (!saved) {
@@ -161,8 +200,25 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
   if (cookieTransport && (state.rotate || isForcedSave(session) || session.maxAge !== undefined)) {
     writeCookie(ctx, options.cookie, state.token!, session.maxAge);
   }
+  if (cookieTransport && engine.hasReplicas)
+    writeVersionFence(ctx, options.cookie, saved.version, session.maxAge);
   state.rotate = false;
   if (state.pendingUserId) await enforceMaxSessions(engine, state);
+}
+
+/** Whether a row already carries this request's delta (the failover retry's check). */
+function holdsDelta(
+  record: SessionRecord,
+  changes: { patch: Record<string, unknown>; removed: readonly string[] },
+  newTokenHash: Buffer | undefined,
+  userId: string | null | undefined,
+): boolean {
+  if (newTokenHash && !record.tokenHash.equals(newTokenHash)) return false;
+  if (userId !== undefined && record.userId !== userId) return false;
+  for (const [key, value] of Object.entries(changes.patch)) {
+    if (JSON.stringify(record.data[key]) !== JSON.stringify(value)) return false;
+  }
+  return changes.removed.every((key) => !(key in record.data));
 }
 
 /** Queues a sliding-expiry touch; the cached copy counts as touched at once. */

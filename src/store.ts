@@ -103,7 +103,7 @@ export class SessionStore {
     runner: StatementRunner,
     tenantId: string,
     tokenHash: Buffer,
-    options: { forUpdate?: boolean } = {},
+    options: { forUpdate?: boolean; minVersion?: number } = {},
   ): Promise<SessionRecord | undefined> {
     let query = db
       .selectFrom('sessions.session')
@@ -112,7 +112,30 @@ export class SessionStore {
       .where('token_hash', '=', tokenHash)
       .where(live);
     if (options.forUpdate) query = query.forUpdate();
-    const { rows } = await runner.read(query);
+    const { rows, fromReplica } = await runner.read(query);
+    let row = rows[0] as SessionRow | undefined;
+    // A replica may not have replayed this session's creation or the client's own
+    // last write yet: then the primary answers (read-your-writes).
+    if (fromReplica && (!row || Number(row.version) < (options.minVersion ?? 0))) {
+      row = (await runner.readPrimary(query)).rows[0] as SessionRow | undefined;
+    }
+    return row ? toRecord(row) : undefined;
+  }
+
+  /** The session by public id on the primary, live or not (the failover retry checks it). */
+  async loadById(
+    runner: StatementRunner,
+    tenantId: string,
+    id: string,
+  ): Promise<SessionRecord | undefined> {
+    const { rows } = await runner.readPrimary(
+      db
+        .selectFrom('sessions.session')
+        .select(returningRecord(this.expiry.touchIntervalMs))
+        .where('tenant_id', '=', tenantId)
+        .where('id', '=', id)
+        .where(live),
+    );
     const row = rows[0] as SessionRow | undefined;
     return row ? toRecord(row) : undefined;
   }

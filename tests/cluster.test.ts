@@ -10,15 +10,6 @@ import { type Cluster, type PostgresServer, startCluster } from '../src/testing/
 let cluster: Cluster;
 const broken: Cluster[] = [];
 
-let STEP = 'none';
-process.on('beforeExit', () => {
-  console.error(
-    'BEFORE EXIT at step',
-    STEP,
-    (process as any)._getActiveHandles().map((h: any) => h.constructor.name),
-    (process as any)._getActiveRequests().length,
-  );
-});
 test.before(async () => {
   cluster = await startCluster({ replicas: 2, synchronous: 'remote_apply' });
   await query(cluster.primary, 'CREATE TABLE probe (id serial PRIMARY KEY, note text NOT NULL)');
@@ -194,9 +185,7 @@ test.serial(
   async (t) => {
     const replica = replicaAt(1);
     const port = replica.port;
-    STEP = 'stop';
     await cluster.stopReplica(replica);
-    STEP = 'after stop';
     t.false(replica.running);
     // replica1 stays synchronous, so the primary keeps committing.
     await query(
@@ -211,14 +200,10 @@ test.serial(
     );
     t.deepEqual(slot, { active: false, retained: true });
 
-    STEP = 'start';
     await cluster.startReplica(replica);
-    STEP = 'replay';
     t.is(replica.port, port);
     await cluster.waitForReplay(replica);
-    STEP = 'count';
     t.is(await countNotes(replica, 'missed'), 3);
-    STEP = 'done';
   },
 );
 

@@ -1,5 +1,5 @@
-import test from 'ava';
 import { once } from 'node:events';
+import test from 'ava';
 import pg from 'pg';
 import { Registry } from 'prom-client';
 import { type Logger, registerPrometheusMetrics } from '../src/index.js';

@@ -68,11 +68,19 @@ export class SessionListener extends EventEmitter {
   }
 
   private async connect(): Promise<void> {
+    let config: pg.ClientConfig;
+    try {
+      // After a failover the router may not know the new primary yet: retry later.
+      config = this.config();
+    } catch (error) {
+      this.lost(undefined, error);
+      return;
+    }
     const client = new pg.Client({
       application_name: 'pg-sessions-listener',
       keepAlive: true,
       connectionTimeoutMillis: 5_000,
-      ...this.config(),
+      ...config,
     });
     client.on('error', (error) => this.lost(client, error));
     client.on('end', () => this.lost(client, undefined));
@@ -142,7 +150,7 @@ export class SessionListener extends EventEmitter {
     this.emit('notification', notification);
   }
 
-  private lost(client: pg.Client, error: unknown): void {
+  private lost(client: pg.Client | undefined, error: unknown): void {
     if (this.#client !== undefined && this.#client !== client) return;
     this.#client = undefined;
     clearInterval(this.#heartbeatTimer);

@@ -60,6 +60,11 @@ export class SessionCache {
     this.#entries.set(cacheKey, record);
   }
 
+  /** The newest version a notification announced for this token (0 if none; Infinity if deleted). */
+  announcedVersion(tenantId: string, tokenHash: Buffer): number {
+    return this.#announced.get(key(tenantId, tokenHash.toString('hex'))) ?? 0;
+  }
+
   /** Replaces a cached row's activity columns after a touch (same version). */
   touched(record: SessionRecord, lastSeenAt: Date): void {
     const cacheKey = key(record.tenantId, record.tokenHash.toString('hex'));

@@ -33,6 +33,8 @@ export interface Scope {
 
 export interface StatementResult<Row> {
   readonly rows: Row[];
+  /** The read was served by a replica (it may lag: the caller can verify and re-read). */
+  readonly fromReplica?: boolean;
   /** For writes on a pool: the primary's WAL position after the commit (`pg_current_wal_lsn()`). */
   readonly fence?: string;
 }
@@ -45,6 +47,8 @@ export interface RoundTripCounter {
 /** Runs compiled statements for one scope: on a pool (one round trip each) or in a transaction. */
 export interface StatementRunner {
   read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
+  /** A read that must see the newest data: always on the primary. */
+  readPrimary<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
   write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
 }
 
@@ -66,18 +70,35 @@ export class PoolRunner implements StatementRunner {
   constructor(
     private readonly readPool: () => pg.Pool,
     private readonly writePool: () => pg.Pool,
-    private readonly scope: Scope,
+    private readonly scope: Scope | (() => Scope),
     private readonly counter?: RoundTripCounter,
   ) {}
 
+  private currentScope(): Scope {
+    return typeof this.scope === 'function' ? this.scope() : this.scope;
+  }
+
   async read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    const text = `${settingsStatement(this.scope)}; ${inlineParameters(compile(query))}`;
-    const results = await this.send(this.readPool(), text, false);
-    return { rows: (results[1]?.rows ?? []) as Row[] };
+    return this.readOn(this.readPool(), query);
+  }
+
+  async readPrimary<Row>(
+    query: Compilable<Row> | CompiledQuery<Row>,
+  ): Promise<StatementResult<Row>> {
+    return this.readOn(this.writePool(), query);
+  }
+
+  private async readOn<Row>(
+    pool: pg.Pool,
+    query: Compilable<Row> | CompiledQuery<Row>,
+  ): Promise<StatementResult<Row>> {
+    const text = `${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}`;
+    const results = await this.send(pool, text, false);
+    return { rows: (results[1]?.rows ?? []) as Row[], fromReplica: pool !== this.writePool() };
   }
 
   async write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    const text = `BEGIN; ${settingsStatement(this.scope)}; ${inlineParameters(compile(query))}; COMMIT; SELECT pg_current_wal_lsn()::text AS lsn`;
+    const text = `BEGIN; ${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}; COMMIT; SELECT pg_current_wal_lsn()::text AS lsn`;
     const results = await this.send(this.writePool(), text, true);
     const fence = results[4]?.rows[0]?.lsn as string | undefined;
     return { rows: (results[2]?.rows ?? []) as Row[], fence };
@@ -126,6 +147,10 @@ export class TransactionRunner implements StatementRunner {
   }
 
   write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
+    return this.read(query);
+  }
+
+  readPrimary<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
     return this.read(query);
   }
 }

@@ -235,8 +235,9 @@ export class Cluster {
    * `primary_conninfo` pointed at it (reloaded, or read at its next start if stopped). A
    * running replica that had received WAL past the promoted one's (its twin in a
    * synchronous pair often has) would have forked from it: it is cloned anew from the new
-   * primary, on the same port. The former primary is not stopped: kill it first, as an
-   * orchestrator fences it, or it keeps taking writes like a split brain.
+   * primary, on the same port (a stopped one is only re-pointed, unchecked). The former
+   * primary is not stopped: kill it first, as an orchestrator fences it, or it keeps taking
+   * writes like a split brain, and its replicas may fork unnoticed.
    */
   async promote(replica: PostgresServer): Promise<void> {
     this.#requireReplica(replica);

@@ -1,0 +1,302 @@
+import { EventEmitter } from 'node:events';
+import { debuglog } from 'node:util';
+import pg from 'pg';
+import { SessionStoreUnavailableError } from '../errors.js';
+import type { SessionDatabase } from './router.js';
+import { isReadOnlyError, isUnavailableError } from './sqlstate.js';
+
+const trace = debuglog('pg-sessions:router');
+
+/** A server the router knows: a URL or a node-postgres config. */
+export type HostConfig = string | pg.PoolConfig;
+
+export interface ReplicaRouterOptions {
+  /** The primary and its replicas, when the roles are known in advance. */
+  readonly primary?: HostConfig;
+  readonly replicas?: readonly HostConfig[];
+  /** Or every server: roles are discovered with `pg_is_in_recovery()`, like libpq's target_session_attrs. */
+  readonly hosts?: readonly HostConfig[];
+  /** A replica further behind than this (ms) leaves rotation until it catches up. @default 1_000 */
+  readonly maxReplicaLagMs?: number;
+  /** How often each server's role, replay position and lag are checked (ms). @default 500 */
+  readonly healthCheckInterval?: number;
+  /** How long a write may wait for a new primary after the old one failed (ms). @default 5_000 */
+  readonly failoverTimeout?: number;
+  /** Connections per server. @default 10 */
+  readonly poolSize?: number;
+  /** Wait at most this long for a connection (ms). @default 2_000 */
+  readonly connectTimeout?: number;
+  /** statement_timeout on every connection (ms). @default 5_000 */
+  readonly statementTimeout?: number;
+}
+
+/** What the router knows about one server. */
+export interface HostState {
+  readonly name: string;
+  readonly role: 'primary' | 'replica' | 'down' | 'unknown';
+  /** Replayed (replica) or current (primary) WAL position, e.g. '0/3000148'. */
+  readonly lsn: string | undefined;
+  /** Replication lag estimate in ms (0 when caught up). */
+  readonly lagMs: number | undefined;
+  /** In the read rotation now. */
+  readonly inRotation: boolean;
+}
+
+interface Host {
+  readonly name: string;
+  readonly config: pg.PoolConfig;
+  readonly pool: pg.Pool;
+  role: HostState['role'];
+  lsn: bigint | undefined;
+  lagMs: number | undefined;
+}
+
+/** Counters of where reads went, for tests, benchmarks and dashboards. */
+export interface RouterCounters {
+  replicaReads: number;
+  primaryReads: number;
+  failovers: number;
+}
+
+/**
+ * The database router behind the store: `writer()` is the primary, `reader(fence)` a
+ * replica that has replayed at least `fence` (a WAL position) and is within
+ * `maxReplicaLagMs`, or the primary when none is. Health checks take failing or lagging
+ * replicas out of rotation and bring them back. When a write finds the primary gone or
+ * read-only, {@link failover} rediscovers it among the hosts (`pg_is_in_recovery()`).
+ * Emits 'primary:changed' with the new primary's name.
+ *
+ * @example
+ * const database = new ReplicaRouter({ hosts: [urlA, urlB, urlC] });
+ * app.use(sessions({ database }));
+ */
+export class ReplicaRouter extends EventEmitter implements SessionDatabase {
+  readonly counters: RouterCounters = { replicaReads: 0, primaryReads: 0, failovers: 0 };
+  readonly #hosts: Host[];
+  readonly #options: Required<Omit<ReplicaRouterOptions, 'primary' | 'replicas' | 'hosts'>>;
+  #primary: Host | undefined;
+  #next = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #failingOver: Promise<boolean> | undefined;
+  #closed = false;
+  #ready: Promise<void>;
+
+  constructor(options: ReplicaRouterOptions) {
+    super();
+    this.#options = {
+      maxReplicaLagMs: options.maxReplicaLagMs ?? 1_000,
+      healthCheckInterval: options.healthCheckInterval ?? 500,
+      failoverTimeout: options.failoverTimeout ?? 5_000,
+      poolSize: options.poolSize ?? 10,
+      connectTimeout: options.connectTimeout ?? 2_000,
+      statementTimeout: options.statementTimeout ?? 5_000,
+    };
+    const configs = options.hosts ?? [
+      ...(options.primary ? [options.primary] : []),
+      ...(options.replicas ?? []),
+    ];
+    if (configs.length === 0)
+      throw new TypeError('ReplicaRouter needs `hosts`, or `primary` (and `replicas`)');
+    this.#hosts = configs.map((config, index) => this.#openHost(config, index));
+    if (options.primary && !options.hosts) {
+      this.#primary = this.#hosts[0];
+      this.#hosts[0]!.role = 'primary';
+      for (const host of this.#hosts.slice(1)) host.role = 'replica';
+    }
+    this.#ready = this.checkAll();
+    this.#timer = setInterval(() => void this.checkAll(), this.#options.healthCheckInterval);
+    this.#timer.unref();
+  }
+
+  #openHost(config: HostConfig, index: number): Host {
+    const base: pg.PoolConfig = typeof config === 'string' ? { connectionString: config } : config;
+    const full: pg.PoolConfig = {
+      max: this.#options.poolSize,
+      connectionTimeoutMillis: this.#options.connectTimeout,
+      statement_timeout: this.#options.statementTimeout,
+      query_timeout: this.#options.statementTimeout + this.#options.connectTimeout,
+      ...base,
+    };
+    const pool = new pg.Pool(full);
+    pool.on('error', () => {});
+    const name = describe(base, index);
+    return { name, config: full, pool, role: 'unknown', lsn: undefined, lagMs: undefined };
+  }
+
+  /** Resolves once every host was checked once (the primary is known if reachable). */
+  ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  writer(): pg.Pool {
+    if (!this.#primary) {
+      throw new SessionStoreUnavailableError('no primary is known among the configured hosts');
+    }
+    return this.#primary.pool;
+  }
+
+  reader(fence: string | undefined): pg.Pool {
+    const wanted = fence ? parseLsn(fence) : undefined;
+    const candidates = this.#hosts.filter(
+      (host) =>
+        host.role === 'replica' &&
+        host.lagMs !== undefined &&
+        host.lagMs <= this.#options.maxReplicaLagMs &&
+        (wanted === undefined || (host.lsn !== undefined && host.lsn >= wanted)),
+    );
+    if (candidates.length === 0) {
+      this.counters.primaryReads++;
+      return this.writer();
+    }
+    this.counters.replicaReads++;
+    this.#next = (this.#next + 1) % candidates.length;
+    return candidates[this.#next]!.pool;
+  }
+
+  /** True when `pool` is the current primary's (reads from it need no verification). */
+  isPrimary(pool: pg.Pool): boolean {
+    return this.#primary?.pool === pool;
+  }
+
+  listenerConfig(): pg.ClientConfig {
+    if (!this.#primary)
+      throw new SessionStoreUnavailableError('no primary is known among the configured hosts');
+    const {
+      max: _max,
+      connectionTimeoutMillis: _timeout,
+      query_timeout: _query,
+      ...config
+    } = this.#primary.config;
+    return config;
+  }
+
+  /** What the router knows now, for `pg-sessions status` and dashboards. */
+  state(): HostState[] {
+    return this.#hosts.map((host) => ({
+      name: host.name,
+      role: host.role,
+      lsn: host.lsn === undefined ? undefined : formatLsn(host.lsn),
+      lagMs: host.lagMs,
+      inRotation:
+        host.role === 'replica' &&
+        host.lagMs !== undefined &&
+        host.lagMs <= this.#options.maxReplicaLagMs,
+    }));
+  }
+
+  /**
+   * Call with the error of a failed write: if it says the primary is gone or read-only,
+   * wait (up to failoverTimeout) until a host reports it is a primary, and resolve true
+   * when the writer changed (the caller retries once). Concurrent callers share one search.
+   */
+  failover(error: unknown): Promise<boolean> {
+    if (!isUnavailableError(error) && !isReadOnlyError(error)) return Promise.resolve(false);
+    this.#failingOver ??= this.#findPrimary(this.#primary).finally(() => {
+      this.#failingOver = undefined;
+    });
+    return this.#failingOver;
+  }
+
+  async #findPrimary(failed: Host | undefined): Promise<boolean> {
+    const deadline = Date.now() + this.#options.failoverTimeout;
+    let delay = 25;
+    while (!this.#closed && Date.now() < deadline) {
+      await this.checkAll();
+      if (this.#primary && this.#primary !== failed && this.#primary.role === 'primary') {
+        this.counters.failovers++;
+        return true;
+      }
+      // The old primary may simply be back (a restart, not a promotion).
+      if (this.#primary === failed && failed?.role === 'primary' && (await this.#accepts(failed)))
+        return true;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 250);
+    }
+    return false;
+  }
+
+  async #accepts(host: Host): Promise<boolean> {
+    try {
+      await host.pool.query('SELECT 1');
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** One health check of every host: role, WAL position, lag. */
+  async checkAll(): Promise<void> {
+    await Promise.all(this.#hosts.map((host) => this.#check(host)));
+    const primaries = this.#hosts.filter((host) => host.role === 'primary');
+    // Two servers claiming to be primary (an old one not yet fenced): keep the newest timeline's.
+    const chosen =
+      primaries.length <= 1
+        ? primaries[0]
+        : primaries.sort((a, b) => Number((b.lsn ?? 0n) - (a.lsn ?? 0n)))[0];
+    if (chosen && chosen !== this.#primary) {
+      const previous = this.#primary?.name;
+      this.#primary = chosen;
+      trace('primary is now %s (was %s)', chosen.name, previous);
+      this.emit('primary:changed', chosen.name, previous);
+    }
+    const primaryLsn = this.#primary?.lsn;
+    for (const host of this.#hosts) {
+      if (host.role !== 'replica') continue;
+      if (primaryLsn !== undefined && host.lsn !== undefined && host.lsn >= primaryLsn)
+        host.lagMs = 0;
+    }
+  }
+
+  async #check(host: Host): Promise<void> {
+    try {
+      const { rows } = await host.pool.query<{
+        standby: boolean;
+        lsn: string | null;
+        lag_ms: number | null;
+      }>(
+        `SELECT pg_is_in_recovery() AS standby,
+                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text AS lsn,
+                CASE WHEN pg_is_in_recovery()
+                     THEN (extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000)::float8
+                END AS lag_ms`,
+      );
+      const row = rows[0];
+      if (!row) return;
+      host.role = row.standby ? 'replica' : 'primary';
+      host.lsn = row.lsn ? parseLsn(row.lsn) : undefined;
+      host.lagMs = row.standby ? (row.lag_ms ?? 0) : 0;
+    } catch {
+      host.role = 'down';
+      host.lagMs = undefined;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    await this.#failingOver?.catch(() => {});
+    await Promise.all(this.#hosts.map((host) => host.pool.end().catch(() => {})));
+  }
+}
+
+export function parseLsn(lsn: string): bigint {
+  const [high, low] = lsn.split('/');
+  if (high === undefined || low === undefined) throw new TypeError(`not a WAL position: ${lsn}`);
+  return (BigInt(`0x${high}`) << 32n) + BigInt(`0x${low}`);
+}
+
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+function describe(config: pg.PoolConfig, index: number): string {
+  if (config.connectionString) {
+    try {
+      const url = new URL(config.connectionString);
+      return `${url.hostname}:${url.port || 5432}`;
+    } catch {
+      return `host ${index}`;
+    }
+  }
+  return `${config.host ?? 'localhost'}:${config.port ?? 5432}`;
+}
