@@ -47,31 +47,15 @@ sessions_per_user.last_seen_at timestamp with time zone
 sessions_per_user.first_created_at timestamp with time zone
 
 -- constraints
-event event_actor_not_null: NOT NULL actor
-event event_id_not_null: NOT NULL id
 event event_kind_check: CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text])))
-event event_kind_not_null: NOT NULL kind
-event event_occurred_at_not_null: NOT NULL occurred_at
 event event_pkey: PRIMARY KEY (tenant_id, id)
-event event_session_id_not_null: NOT NULL session_id
-event event_tenant_id_not_null: NOT NULL tenant_id
-session session_absolute_expires_at_not_null: NOT NULL absolute_expires_at
-session session_created_at_not_null: NOT NULL created_at
 session session_data_check: CHECK ((jsonb_typeof(data) = 'object'::text))
-session session_data_not_null: NOT NULL data
-session session_id_not_null: NOT NULL id
-session session_idle_expires_at_not_null: NOT NULL idle_expires_at
-session session_last_seen_at_not_null: NOT NULL last_seen_at
 session session_pkey: PRIMARY KEY (tenant_id, id)
 session session_revocation_consistent: CHECK (((revoked_at IS NULL) = (revoked_reason IS NULL)))
 session session_tenant_id_check: CHECK (((tenant_id <> ''::text) AND (length(tenant_id) <= 200)))
-session session_tenant_id_not_null: NOT NULL tenant_id
 session session_token_hash_check: CHECK ((octet_length(token_hash) = 32))
 session session_token_hash_key: UNIQUE (tenant_id, token_hash)
-session session_token_hash_not_null: NOT NULL token_hash
-session session_updated_at_not_null: NOT NULL updated_at
 session session_user_agent_check: CHECK ((length(user_agent) <= 1024))
-session session_version_not_null: NOT NULL version
 
 -- indexes
 CREATE INDEX event_kind_idx ON sessions.event USING btree (kind, occurred_at)

@@ -45,6 +45,8 @@ export async function schemaSnapshot(url: string, schema = 'sessions'): Promise<
          FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = $1 AND c.relname <> 'schema_migrations'
+          -- PostgreSQL 18 also catalogs NOT NULL as constraints; the columns list shows them.
+          AND con.contype <> 'n'
         ORDER BY c.relname, con.conname`,
     );
     await add(
