@@ -59,7 +59,29 @@ export function readToken(
     : { via: 'cookie', invalid: true };
 }
 
-/** Sets the session cookie: HttpOnly, SameSite, Secure where it applies, signed with app.keys. */
+type Lifetime = number | 'session' | 'expired';
+
+/** The attributes every cookie of ours carries: HttpOnly, SameSite, Secure where it applies. */
+function attributes(
+  ctx: Context,
+  options: ResolvedCookieOptions,
+  lifetime: Lifetime,
+  sign: boolean,
+) {
+  return {
+    httpOnly: true,
+    sameSite: options.sameSite,
+    secure: isSecure(ctx, options),
+    path: options.path,
+    domain: options.domain,
+    signed: sign,
+    overwrite: true,
+    ...(lifetime === 'expired' ? { expires: new Date(0) } : {}),
+    ...(typeof lifetime === 'number' ? { maxAge: lifetime } : {}),
+  };
+}
+
+/** Sets the session cookie, signed with app.keys when there are any. */
 export function writeCookie(
   ctx: Context,
   options: ResolvedCookieOptions,
@@ -67,30 +89,20 @@ export function writeCookie(
   maxAge: number | 'session' | undefined,
 ): void {
   const lifetime = maxAge ?? options.maxAge;
-  ctx.cookies.set(cookieName(ctx, options), token, {
-    httpOnly: true,
-    sameSite: options.sameSite,
-    secure: isSecure(ctx, options),
-    path: options.path,
-    domain: options.domain,
-    signed: signed(ctx, options),
-    overwrite: true,
-    ...(lifetime === 'session' ? {} : { maxAge: lifetime }),
-  });
+  ctx.cookies.set(
+    cookieName(ctx, options),
+    token,
+    attributes(ctx, options, lifetime, signed(ctx, options)),
+  );
 }
 
-/** Expires the session cookie (and its signature). */
+/** Expires the session cookie (with its signature) and the version fence cookie. */
 export function clearCookie(ctx: Context, options: ResolvedCookieOptions): void {
-  ctx.cookies.set(cookieName(ctx, options), '', {
-    httpOnly: true,
-    sameSite: options.sameSite,
-    secure: isSecure(ctx, options),
-    path: options.path,
-    domain: options.domain,
-    signed: signed(ctx, options),
-    overwrite: true,
-    expires: new Date(0),
-  });
+  const name = cookieName(ctx, options);
+  ctx.cookies.set(name, '', attributes(ctx, options, 'expired', signed(ctx, options)));
+  if (ctx.cookies.get(`${name}.v`) !== undefined) {
+    ctx.cookies.set(`${name}.v`, '', attributes(ctx, options, 'expired', false));
+  }
 }
 
 /**
@@ -112,14 +124,9 @@ export function writeVersionFence(
   maxAge: number | 'session' | undefined,
 ): void {
   const lifetime = maxAge ?? options.maxAge;
-  ctx.cookies.set(`${cookieName(ctx, options)}.v`, String(version), {
-    httpOnly: true,
-    sameSite: options.sameSite,
-    secure: isSecure(ctx, options),
-    path: options.path,
-    domain: options.domain,
-    signed: false,
-    overwrite: true,
-    ...(lifetime === 'session' ? {} : { maxAge: lifetime }),
-  });
+  ctx.cookies.set(
+    `${cookieName(ctx, options)}.v`,
+    String(version),
+    attributes(ctx, options, lifetime, false),
+  );
 }
