@@ -4,7 +4,7 @@ import { SessionConflictError, SessionTooLargeError } from './errors.js';
 import type { RequestState } from './request-state.js';
 import { collectChanges, isForcedSave, markSaved } from './session.js';
 import type { SessionRecord } from './store.js';
-import { generateToken, hashToken } from './token.js';
+import { generateToken, hashesEqual, hashToken } from './token.js';
 
 /** Safety margin against clock skew between Node and the database for cached rows. */
 const CACHE_EXPIRY_MARGIN_MS = 1_000;
@@ -25,8 +25,11 @@ export async function loadSession(
   const cacheUsable = cache !== undefined && !forUpdate && !state.inTransaction;
   if (cacheUsable && engine.cacheTrusted) {
     const cached = cache.get(state.tenantId, tokenHash);
+    // The key already is the hash; comparing the stored hash too costs nothing and
+    // keeps a cache-key mistake from ever handing out another session.
     if (
       cached &&
+      hashesEqual(cached.tokenHash, tokenHash) &&
       Math.min(cached.idleExpiresAt.getTime(), cached.absoluteExpiresAt.getTime()) -
         CACHE_EXPIRY_MARGIN_MS >
         Date.now()
