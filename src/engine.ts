@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { SessionListener } from './cache/listener.js';
@@ -28,6 +29,7 @@ export class SessionEngine {
   readonly gc: GarbageCollector | undefined;
   #starting: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
+  #unfollow: (() => void) | undefined;
 
   constructor(readonly options: ResolvedOptions) {
     this.store = new SessionStore({
@@ -57,6 +59,14 @@ export class SessionEngine {
           maxBackoff: options.cache.reconnectMaxDelay,
         },
       );
+      // After a failover the LISTEN connection belongs on the new primary at once: an old
+      // primary that is still reachable would otherwise keep it, and hear nothing.
+      const router = this.database as Partial<Pick<EventEmitter, 'on' | 'off'>>;
+      if (typeof router.on === 'function' && typeof router.off === 'function') {
+        const follow = () => this.listener?.reconnect();
+        router.on.call(this.database, 'primary:changed', follow);
+        this.#unfollow = () => router.off?.call(this.database, 'primary:changed', follow);
+      }
     }
     this.touches = new TouchBatcher(
       async (tenantId, ids) => {
@@ -132,16 +142,20 @@ export class SessionEngine {
     scope: Scope | (() => Scope),
     fence: () => string | undefined = () => undefined,
   ): PoolRunner {
+    const database = this.database as SessionDatabase & { staleReader?: () => pg.Pool };
     return new PoolRunner(
-      () => this.database.reader(fence()),
-      () => this.database.writer(),
+      () => database.reader(fence()),
+      () => database.writer(),
       scope,
       this.metrics,
+      () => database.staleReader?.() ?? database.writer(),
     );
   }
 
   start(): Promise<void> {
     this.#starting ??= (async () => {
+      // A router given `hosts` knows the primary only after its first health check.
+      await (this.database as { ready?: () => Promise<void> }).ready?.();
       if (this.options.checkSchema) await checkSchema(this.database.writer());
       await this.listener?.start();
       this.touches.start();
@@ -158,6 +172,7 @@ export class SessionEngine {
       await this.#starting?.catch(() => {});
       await this.gc?.stop();
       await this.touches.stop();
+      this.#unfollow?.();
       await this.listener?.stop();
       // Kysely shares the database's pool: closing the database closes everything.
       await this.database.close();

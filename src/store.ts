@@ -117,7 +117,9 @@ export class SessionStore {
     // A replica may not have replayed this session's creation or the client's own
     // last write yet: then the primary answers (read-your-writes).
     if (fromReplica && (!row || Number(row.version) < (options.minVersion ?? 0))) {
-      row = (await runner.readPrimary(query)).rows[0] as SessionRow | undefined;
+      row = (await runner.readPrimary(query, { staleReplica: true })).rows[0] as
+        | SessionRow
+        | undefined;
     }
     return row ? toRecord(row) : undefined;
   }

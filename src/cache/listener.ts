@@ -27,6 +27,8 @@ export class SessionListener extends EventEmitter {
   #reconnectTimer: NodeJS.Timeout | undefined;
   #heartbeatTimer: NodeJS.Timeout | undefined;
   #connecting: Promise<void> | undefined;
+  /** Bumped by {@link reconnect}: a connection begun before then may be to the old primary. */
+  #generation = 0;
 
   constructor(
     private readonly config: () => pg.ClientConfig,
@@ -62,12 +64,40 @@ export class SessionListener extends EventEmitter {
     await client?.end().catch(() => {});
   }
 
+  /**
+   * The primary changed (a failover): leave the current LISTEN connection, whose server
+   * may still be up but no longer the one that commits, clear the cache, and connect to
+   * the new primary now rather than after the backoff.
+   */
+  reconnect(): void {
+    if (this.#stopped) return;
+    this.#generation++;
+    this.#attempt = 0;
+    const client = this.#client;
+    if (client) {
+      this.#client = undefined;
+      clearInterval(this.#heartbeatTimer);
+      this.markDown(new Error('the primary changed'), true);
+      client.removeAllListeners('end');
+      client.removeAllListeners('error');
+      client.on('error', () => {});
+      client.end().catch(() => {});
+    } else if (!this.#reconnectTimer) {
+      // An attempt is under way: it sees the new generation when it completes.
+      return;
+    }
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
+    this.#connecting = this.connect();
+  }
+
   /** The backend pid of the LISTEN connection (for operators and tests). */
   get backendPid(): number | undefined {
     return (this.#client as unknown as { processID?: number } | undefined)?.processID;
   }
 
   private async connect(): Promise<void> {
+    const generation = this.#generation;
     let config: pg.ClientConfig;
     try {
       // After a failover the router may not know the new primary yet: retry later.
@@ -93,6 +123,14 @@ export class SessionListener extends EventEmitter {
       if (this.#stopped) {
         await client.end();
         return;
+      }
+      if (generation !== this.#generation) {
+        // The primary changed while this connected: it may be the old one; start over.
+        client.removeAllListeners('end');
+        client.removeAllListeners('error');
+        client.on('error', () => {});
+        await client.end().catch(() => {});
+        return this.connect();
       }
       this.#client = client;
       // Whatever was cached before this moment may have missed notifications.

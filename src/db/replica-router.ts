@@ -51,10 +51,19 @@ interface Host {
   lagMs: number | undefined;
 }
 
-/** Counters of where reads went, for tests, benchmarks and dashboards. */
+/**
+ * Counters of where reads went, for tests, benchmarks and dashboards. A load whose
+ * replica copy was older than the client's fence counts once in `replicaReads`, once in
+ * `staleReplicaReads` and once in `primaryReads` (the primary answered it again): the
+ * loads the replicas served are `replicaReads - staleReplicaReads`.
+ */
 export interface RouterCounters {
+  /** Reads sent to a replica. */
   replicaReads: number;
+  /** Reads the primary answered: no replica qualified, or a replica's copy was stale. */
   primaryReads: number;
+  /** Replica answers older than the client's fence (missing row, lower version): read again on the primary. */
+  staleReplicaReads: number;
   failovers: number;
 }
 
@@ -71,7 +80,12 @@ export interface RouterCounters {
  * app.use(sessions({ database }));
  */
 export class ReplicaRouter extends EventEmitter implements SessionDatabase {
-  readonly counters: RouterCounters = { replicaReads: 0, primaryReads: 0, failovers: 0 };
+  readonly counters: RouterCounters = {
+    replicaReads: 0,
+    primaryReads: 0,
+    staleReplicaReads: 0,
+    failovers: 0,
+  };
   readonly #hosts: Host[];
   readonly #options: Required<Omit<ReplicaRouterOptions, 'primary' | 'replicas' | 'hosts'>>;
   #primary: Host | undefined;
@@ -151,6 +165,16 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
     this.counters.replicaReads++;
     this.#next = (this.#next + 1) % candidates.length;
     return candidates[this.#next]!.pool;
+  }
+
+  /**
+   * The primary, for a read that a replica answered with a copy older than the client's
+   * fence (the store reads it again there): counted in `staleReplicaReads`.
+   */
+  staleReader(): pg.Pool {
+    this.counters.staleReplicaReads++;
+    this.counters.primaryReads++;
+    return this.writer();
   }
 
   /** True when `pool` is the current primary's (reads from it need no verification). */

@@ -47,8 +47,14 @@ export interface RoundTripCounter {
 /** Runs compiled statements for one scope: on a pool (one round trip each) or in a transaction. */
 export interface StatementRunner {
   read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
-  /** A read that must see the newest data: always on the primary. */
-  readPrimary<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
+  /**
+   * A read that must see the newest data: always on the primary. `staleReplica`: it
+   * replaces a replica's answer that was older than the client's fence (for the counters).
+   */
+  readPrimary<Row>(
+    query: Compilable<Row> | CompiledQuery<Row>,
+    options?: { staleReplica?: boolean },
+  ): Promise<StatementResult<Row>>;
   write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
 }
 
@@ -72,6 +78,8 @@ export class PoolRunner implements StatementRunner {
     private readonly writePool: () => pg.Pool,
     private readonly scope: Scope | (() => Scope),
     private readonly counter?: RoundTripCounter,
+    /** The primary's pool for a read that replaces a stale replica answer (the router counts it). */
+    private readonly stalePool: () => pg.Pool = writePool,
   ) {}
 
   private currentScope(): Scope {
@@ -84,8 +92,9 @@ export class PoolRunner implements StatementRunner {
 
   async readPrimary<Row>(
     query: Compilable<Row> | CompiledQuery<Row>,
+    options: { staleReplica?: boolean } = {},
   ): Promise<StatementResult<Row>> {
-    return this.readOn(this.writePool(), query);
+    return this.readOn(options.staleReplica ? this.stalePool() : this.writePool(), query);
   }
 
   private async readOn<Row>(
@@ -106,31 +115,38 @@ export class PoolRunner implements StatementRunner {
 
   private async send(pool: pg.Pool, text: string, explicitTransaction: boolean) {
     const client = await pool.connect();
+    // A checked-out client has no listener of the pool's: a server that dies between
+    // our statements (say while we send ROLLBACK) must not become an uncaught 'error'.
+    client.on('error', ignoreError);
     this.counter?.roundTrip();
     try {
       const results = (await client.query(text)) as unknown as pg.QueryResult[];
+      client.off('error', ignoreError);
       client.release();
       return results;
     } catch (error) {
       // A failed statement leaves an explicit transaction open and aborted: end it
       // before the connection goes back to the pool, or drop the connection.
-      if (explicitTransaction) {
-        try {
-          await client.query('ROLLBACK');
-          client.release();
-        } catch (rollbackError) {
-          client.release(rollbackError as Error);
-        }
-      } else {
-        client.release(isConnectionLevel(error) ? (error as Error) : undefined);
+      let broken = isConnectionLevel(error) ? (error as Error) : undefined;
+      if (explicitTransaction && !broken) {
+        broken = await client.query('ROLLBACK').then(
+          () => undefined,
+          (rollbackError: Error) => rollbackError,
+        );
       }
+      client.off('error', ignoreError);
+      client.release(broken);
       throw error;
     }
   }
 }
 
+function ignoreError(): void {}
+
+/** No SQLSTATE (the socket failed), or one that says the server ended this connection. */
 function isConnectionLevel(error: unknown): boolean {
-  return !(error as { code?: string } | null)?.code?.match(/^[0-9A-Z]{5}$/);
+  const code = (error as { code?: string } | null)?.code;
+  return !code?.match(/^[0-9A-Z]{5}$/) || code.startsWith('57P') || code.startsWith('08');
 }
 
 /** Runs statements inside an open Kysely transaction whose settings were applied at its start. */
