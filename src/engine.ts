@@ -48,8 +48,9 @@ export class SessionEngine {
     });
     if (options.cache) {
       this.cache = new SessionCache(options.cache);
+      const { listenUrl } = options.cache;
       this.listener = new SessionListener(
-        () => this.database.listenerConfig(),
+        () => (listenUrl ? { connectionString: listenUrl } : this.database.listenerConfig()),
         this.cache,
         this.metrics,
         options.logger,

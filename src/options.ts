@@ -21,6 +21,11 @@ export interface CacheOptions {
   reconnectMinDelay?: number;
   /** Longest delay between reconnection attempts, ms. @default 5_000 */
   reconnectMaxDelay?: number;
+  /**
+   * Where the LISTEN connection goes, when the queries go through a transaction-pooling
+   * PgBouncer (which NOTIFY cannot pass): the primary's own address. @default the database's primary
+   */
+  listenUrl?: string;
 }
 
 export interface GcOptions {
@@ -140,7 +145,9 @@ export interface ResolvedOptions {
   readonly connectTimeout: number;
   readonly poolSize: number;
   readonly checkSchema: boolean;
-  readonly cache: false | Readonly<Required<CacheOptions>>;
+  readonly cache:
+    | false
+    | Readonly<Required<Omit<CacheOptions, 'listenUrl'>> & { listenUrl: string | undefined }>;
   readonly touchFlushInterval: number;
   readonly gc: false | Readonly<Required<GcOptions>>;
   readonly logger: Logger;
@@ -232,6 +239,7 @@ export function resolveOptions(options: SessionOptions = {}): ResolvedOptions {
               options.cache?.reconnectMaxDelay,
               5_000,
             ),
+            listenUrl: postgresUrl('cache.listenUrl', options.cache?.listenUrl),
           }),
     // Batched touches must land well before an idle session would expire.
     touchFlushInterval: duration(
@@ -257,6 +265,18 @@ function duration(name: string, value: number | undefined, fallback: number, all
     throw new SessionOptionsError(name, `must be a positive number, got ${String(value)}`);
   }
   return resolved;
+}
+
+function postgresUrl(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let protocol: string | undefined;
+  try {
+    protocol = new URL(value).protocol;
+  } catch {}
+  if (protocol !== 'postgres:' && protocol !== 'postgresql:') {
+    throw new SessionOptionsError(name, 'must be a postgres:// URL');
+  }
+  return value;
 }
 
 function fn<F extends (...args: never[]) => unknown>(

@@ -1,4 +1,5 @@
 import test from 'ava';
+import pg from 'pg';
 import { SessionOptionsError, SessionSchemaError, sessions } from '../src/index.js';
 import { createTestDatabase } from '../src/testing/index.js';
 
@@ -16,6 +17,10 @@ test('a wrong option fails at construction with a sentence naming the option', (
     ],
     [{ database: 'postgres://x/y', maxSessionsPerUser: 0 }, /option maxSessionsPerUser/],
     [{ database: 'postgres://x/y', tenant: 'acme' as never }, /option tenant: must be a function/],
+    [
+      { database: 'postgres://x/y', cache: { listenUrl: 'http://x/y' } },
+      /option cache\.listenUrl: must be a postgres:\/\/ URL/,
+    ],
   ];
   for (const [options, message] of cases) {
     const error = t.throws(() => sessions(options), { instanceOf: SessionOptionsError });
@@ -53,4 +58,27 @@ test('start() and close() are idempotent and share one in-flight promise', async
   const [closeA, closeB] = [middleware.close(), middleware.close()];
   t.is(closeA, closeB);
   await closeA;
+});
+
+test('cache.listenUrl sends the LISTEN connection there, and notifications still arrive', async (t) => {
+  const db = await createTestDatabase();
+  t.teardown(() => db.drop());
+  const listenUrl = new URL(db.appUrl);
+  listenUrl.searchParams.set('application_name', 'listener-behind-bouncer');
+  const middleware = sessions({ database: db.appUrl, cache: { listenUrl: listenUrl.toString() } });
+  t.teardown(() => middleware.close());
+  await middleware.start();
+  const admin = new pg.Client({ connectionString: db.url });
+  await admin.connect();
+  t.teardown(() => admin.end());
+  const { rows } = await admin.query<{ name: string }>(
+    'SELECT application_name AS name FROM pg_stat_activity WHERE pid = $1',
+    [middleware.listenerPid],
+  );
+  t.deepEqual(rows, [{ name: 'listener-behind-bouncer' }]);
+  const heard = new Promise((resolve) => middleware.events.once('cache:notification', resolve));
+  await admin.query(
+    `SELECT pg_notify('sessions_changed', '{"op":"update","s":[["default","00000000-0000-4000-8000-000000000000","00",2]]}')`,
+  );
+  t.truthy(await heard);
 });
