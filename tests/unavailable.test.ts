@@ -1,41 +1,61 @@
 import test from 'ava';
-import { migrate } from '../src/index.js';
+import { migrate, ReplicaRouter, type SessionOptions } from '../src/index.js';
 import { PostgresServer } from '../src/testing/index.js';
 import { Browser, startApp } from './helpers/http.js';
 
-test('a database that is down gives 503 promptly, and the app recovers when it is back', async (t) => {
-  // A server of its own: this test stops and restarts it.
-  const server = await PostgresServer.start();
-  t.teardown(() => server.destroy());
-  const migrated = await migrate(server.url(), 'up');
-  t.is(migrated.exitCode, 0, migrated.output);
+// The same outage through the single pool and through the replica router (whose write
+// first waits up to failoverTimeout for a primary to appear among its hosts).
+const databases: [string, (url: string) => SessionOptions['database'], number][] = [
+  ['a database URL', (url) => url, 5_000],
+  [
+    'a ReplicaRouter',
+    (url) =>
+      new ReplicaRouter({
+        hosts: [url],
+        failoverTimeout: 1_000,
+        connectTimeout: 1_000,
+        statementTimeout: 1_000,
+        healthCheckInterval: 100,
+      }),
+    1_000 + 1_000 + 1_000 + 1_000,
+  ],
+];
 
-  const app = await startApp(
-    { database: server.url(), connectTimeout: 1000, statementTimeout: 1000 },
-    (router) => {
-      router.post('/set', (ctx) => {
-        ctx.session!.n = Number(ctx.session!.n ?? 0) + 1;
-        ctx.body = ctx.session!.n;
-      });
-    },
-  );
-  t.teardown(() => app.close());
-  const browser = new Browser(app.url);
-  t.is((await browser.post('/set')).body, 1);
+for (const [name, database, limitMs] of databases) {
+  test(`${name}: a database that is down gives 503 promptly, and the app recovers when it is back`, async (t) => {
+    // A server of its own: this test stops and restarts it.
+    const server = await PostgresServer.start();
+    t.teardown(() => server.destroy());
+    const migrated = await migrate(server.url(), 'up');
+    t.is(migrated.exitCode, 0, migrated.output);
 
-  await server.stop();
-  const started = Date.now();
-  const down = await browser.post('/set');
-  t.is(down.status, 503);
-  t.is((down.body as { error: string }).error, 'SESSION_STORE_UNAVAILABLE');
-  t.true(Date.now() - started < 5000, 'no hang beyond the configured timeouts');
+    const app = await startApp(
+      { database: database(server.url()), connectTimeout: 1000, statementTimeout: 1000 },
+      (router) => {
+        router.post('/set', (ctx) => {
+          ctx.session!.n = Number(ctx.session!.n ?? 0) + 1;
+          ctx.body = ctx.session!.n;
+        });
+      },
+    );
+    t.teardown(() => app.close());
+    const browser = new Browser(app.url);
+    t.is((await browser.post('/set')).body, 1);
 
-  await server.launch();
-  let recovered = await browser.post('/set');
-  for (let attempt = 0; attempt < 20 && recovered.status !== 200; attempt++) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    recovered = await browser.post('/set');
-  }
-  t.is(recovered.status, 200);
-  t.is(recovered.body, 2, 'the session written before the outage is intact');
-});
+    await server.stop();
+    const started = Date.now();
+    const down = await browser.post('/set');
+    t.is(down.status, 503);
+    t.is((down.body as { error: string }).error, 'SESSION_STORE_UNAVAILABLE');
+    t.true(Date.now() - started < limitMs, 'no hang beyond the configured timeouts');
+
+    await server.launch();
+    let recovered = await browser.post('/set');
+    for (let attempt = 0; attempt < 30 && recovered.status !== 200; attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      recovered = await browser.post('/set');
+    }
+    t.is(recovered.status, 200);
+    t.is(recovered.body, 2, 'the session written before the outage is intact');
+  });
+}
