@@ -175,8 +175,9 @@ export class SessionEngine {
       await this.touches.stop();
       this.#unfollow?.();
       await this.listener?.stop();
-      // Kysely shares the database's pool: closing the database closes everything.
-      await this.database.close();
+      // Kysely shares the database's pool: closing the database closes everything. A
+      // database (a router) the app passed in is the app's to close.
+      if (!isSessionDatabase(this.options.database)) await this.database.close();
     })();
     return this.#closing;
   }

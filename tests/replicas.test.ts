@@ -125,7 +125,15 @@ async function appOn(
   options: Omit<SessionOptions, 'database'> = {},
 ): Promise<{ app: TestApp; router: ReplicaRouter }> {
   const router = new ReplicaRouter(routerOptions);
-  const app = await startApp({ database: router, gc: false, ...options }, routes);
+  const started = await startApp({ database: router, gc: false, ...options }, routes);
+  // The middleware closes only what it created: the router is the app's.
+  const app = {
+    ...started,
+    close: async () => {
+      await started.close();
+      await router.close();
+    },
+  };
   apps.push(app);
   return { app, router };
 }

@@ -29,16 +29,22 @@ for (const [name, database, limitMs] of databases) {
     const migrated = await migrate(server.url(), 'up');
     t.is(migrated.exitCode, 0, migrated.output);
 
-    const app = await startApp(
-      { database: database(server.url()), connectTimeout: 1000, statementTimeout: 1000 },
-      (router) => {
-        router.post('/set', (ctx) => {
-          ctx.session!.n = Number(ctx.session!.n ?? 0) + 1;
-          ctx.body = ctx.session!.n;
-        });
-      },
-    );
-    t.teardown(() => app.close());
+    const options: SessionOptions = {
+      database: database(server.url()),
+      connectTimeout: 1000,
+      statementTimeout: 1000,
+    };
+    const app = await startApp(options, (router) => {
+      router.post('/set', (ctx) => {
+        ctx.session!.n = Number(ctx.session!.n ?? 0) + 1;
+        ctx.body = ctx.session!.n;
+      });
+    });
+    t.teardown(async () => {
+      await app.close();
+      // A router passed in is the app's to close, not the middleware's.
+      if (options.database instanceof ReplicaRouter) await options.database.close();
+    });
     const browser = new Browser(app.url);
     t.is((await browser.post('/set')).body, 1);
 

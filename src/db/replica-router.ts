@@ -280,8 +280,12 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
       }>(
         `SELECT pg_is_in_recovery() AS standby,
                 CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text AS lsn,
-                CASE WHEN pg_is_in_recovery()
-                     THEN (extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000)::float8
+                CASE WHEN NOT pg_is_in_recovery() THEN NULL
+                     -- Everything received is replayed: caught up, however long ago the
+                     -- last transaction was (an idle primary still writes some WAL).
+                     WHEN pg_last_wal_receive_lsn() IS NOT NULL
+                          AND pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0
+                     ELSE (extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000)::float8
                 END AS lag_ms`,
       );
       const row = rows[0];
