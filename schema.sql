@@ -11,6 +11,13 @@ active_sessions_per_tenant.users bigint
 active_sessions_per_tenant.anonymous_sessions bigint
 active_sessions_per_tenant.oldest_created_at timestamp with time zone
 active_sessions_per_tenant.newest_created_at timestamp with time zone
+daily_session_counts.day date
+daily_session_counts.tenant_id text
+daily_session_counts.created bigint
+daily_session_counts.ended bigint
+daily_session_counts.revoked bigint
+daily_session_counts.expired bigint
+daily_session_counts.destroyed bigint
 event.tenant_id text NOT NULL
 event.id bigint NOT NULL IDENTITY
 event.occurred_at timestamp with time zone NOT NULL DEFAULT now()
@@ -23,6 +30,12 @@ event.reason text
 event.actor text NOT NULL
 event.ip inet
 event.user_agent text
+peak_sessions_per_hour.hour timestamp with time zone
+peak_sessions_per_hour.tenant_id text
+peak_sessions_per_hour.sessions_at_start bigint
+peak_sessions_per_hour.peak_sessions bigint
+peak_sessions_per_hour.created bigint
+peak_sessions_per_hour.ended bigint
 session.tenant_id text NOT NULL
 session.id uuid NOT NULL DEFAULT gen_random_uuid()
 session.token_hash bytea NOT NULL
@@ -45,6 +58,35 @@ sessions_per_user.active_sessions bigint
 sessions_per_user.distinct_ips bigint
 sessions_per_user.last_seen_at timestamp with time zone
 sessions_per_user.first_created_at timestamp with time zone
+user_devices.tenant_id text
+user_devices.user_id text
+user_devices.session_id uuid
+user_devices.created_at timestamp with time zone
+user_devices.last_seen_at timestamp with time zone
+user_devices.expires_at timestamp with time zone
+user_devices.ip inet
+user_devices.network cidr
+user_devices.user_agent text
+user_devices.version bigint
+users_with_many_networks.day date
+users_with_many_networks.tenant_id text
+users_with_many_networks.user_id text
+users_with_many_networks.sessions bigint
+users_with_many_networks.networks bigint
+users_with_many_networks.network_list text[]
+users_with_many_revocations.day date
+users_with_many_revocations.tenant_id text
+users_with_many_revocations.user_id text
+users_with_many_revocations.revocations bigint
+users_with_many_revocations.reasons text[]
+users_with_many_revocations.actors text[]
+users_with_many_sessions.tenant_id text
+users_with_many_sessions.user_id text
+users_with_many_sessions.live_sessions bigint
+users_with_many_sessions.distinct_ips bigint
+users_with_many_sessions.distinct_networks bigint
+users_with_many_sessions.oldest_created_at timestamp with time zone
+users_with_many_sessions.last_seen_at timestamp with time zone
 
 -- constraints
 event event_kind_check: CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text])))
@@ -58,9 +100,11 @@ session session_token_hash_key: UNIQUE (tenant_id, token_hash)
 session session_user_agent_check: CHECK ((length(user_agent) <= 1024))
 
 -- indexes
-CREATE INDEX event_kind_idx ON sessions.event USING btree (kind, occurred_at)
+CREATE INDEX event_day_brin ON sessions.event USING brin ((((occurred_at AT TIME ZONE 'UTC'::text))::date))
 CREATE INDEX event_occurred_at_brin ON sessions.event USING brin (occurred_at)
+CREATE INDEX event_revoked_idx ON sessions.event USING btree (tenant_id, user_id, occurred_at) WHERE (kind = 'revoked'::text)
 CREATE INDEX event_session_idx ON sessions.event USING btree (tenant_id, session_id)
+CREATE INDEX event_tenant_occurred_at_idx ON sessions.event USING btree (tenant_id, occurred_at)
 CREATE INDEX event_user_idx ON sessions.event USING btree (tenant_id, user_id, occurred_at) WHERE (user_id IS NOT NULL)
 CREATE INDEX session_expires_at_idx ON sessions.session USING btree (expires_at)
 CREATE INDEX session_revoked_at_idx ON sessions.session USING btree (revoked_at) WHERE (revoked_at IS NOT NULL)
@@ -107,6 +151,13 @@ FUNCTION changed_keys(old_data jsonb, new_data jsonb) RETURNS text[] owner=postg
 SELECT coalesce(array_agg(k ORDER BY k), '{}')
     FROM (SELECT jsonb_object_keys(old_data) UNION SELECT jsonb_object_keys(new_data)) AS keys(k)
    WHERE old_data -> k IS DISTINCT FROM new_data -> k
+FUNCTION check_revocation_reason(reason text) RETURNS void owner=postgres definer=f config=search_path=pg_catalog, pg_temp
+BEGIN
+  IF reason IS NULL OR btrim(reason) = '' OR length(reason) > 200 THEN
+    RAISE EXCEPTION 'sessions: a revocation needs a reason of 1 to 200 characters'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+END
 FUNCTION content_changed(old_row sessions.session, new_row sessions.session) RETURNS boolean owner=postgres definer=f config=search_path=pg_catalog, pg_temp
 SELECT (old_row.data, old_row.user_id, old_row.token_hash, old_row.revoked_at, old_row.revoked_reason,
           old_row.absolute_expires_at, old_row.ip, old_row.user_agent)
@@ -143,7 +194,9 @@ DECLARE
 BEGIN
   INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, reason, actor)
   SELECT o.tenant_id, o.id, o.user_id,
-         CASE WHEN NOT by_gc THEN 'destroyed' WHEN o.revoked_at IS NULL THEN 'expired' ELSE 'purged' END,
+         CASE WHEN o.revoked_at IS NOT NULL THEN 'purged'
+              WHEN o.expires_at <= now() THEN 'expired'
+              ELSE 'destroyed' END,
          o.version, CASE WHEN by_gc THEN 'gc' END, sessions.current_actor()
     FROM old_rows o;
   SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version))
@@ -197,6 +250,14 @@ BEGIN
   END IF;
   RETURN NULL;
 END
+FUNCTION network_prefix(ip inet) RETURNS cidr owner=postgres definer=f config=
+SELECT CASE
+    WHEN pg_catalog.family(ip) = 4 THEN pg_catalog.network(pg_catalog.set_masklen(ip, 24))
+    WHEN ip OPERATOR(pg_catalog.<<) inet '::ffff:0.0.0.0/96' THEN
+      pg_catalog.network(pg_catalog.set_masklen(
+        inet '0.0.0.0' OPERATOR(pg_catalog.+) (ip OPERATOR(pg_catalog.-) inet '::ffff:0.0.0.0'), 24))
+    ELSE pg_catalog.network(pg_catalog.set_masklen(ip, 48))
+  END
 FUNCTION notify_changes(op text, entries jsonb) RETURNS void owner=postgres definer=f config=search_path=pg_catalog, pg_temp
 DECLARE
   entry jsonb;
@@ -222,20 +283,88 @@ BEGIN
     PERFORM pg_notify('sessions_changed', format('{"op": "%s", "s": [%s]}', op, batch));
   END IF;
 END
+FUNCTION prune_events(older_than interval, batch_size integer) RETURNS integer owner=sessions_admin definer=t config=search_path=pg_catalog, pg_temp
+DECLARE
+  deleted integer;
+BEGIN
+  IF older_than IS NULL OR older_than <= interval '0' THEN
+    RAISE EXCEPTION 'sessions.prune_events: older_than must be a positive interval, got %',
+      coalesce(older_than::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
+    RAISE EXCEPTION 'sessions.prune_events: batch_size must be between 1 and 100000, got %',
+      coalesce(batch_size::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- 'pgse' and 3 (gc holds 'pgse' and 2).
+  PERFORM pg_advisory_xact_lock(1885827941, 3);
+  WITH doomed AS (
+    SELECT tenant_id, id FROM sessions.event
+     WHERE occurred_at < now() - older_than
+     LIMIT batch_size
+  )
+  DELETE FROM sessions.event e USING doomed d
+   WHERE e.tenant_id = d.tenant_id AND e.id = d.id;
+  GET DIAGNOSTICS deleted = ROW_COUNT;
+  RETURN deleted;
+END
+FUNCTION revoke_session(id uuid, reason text, tenant text) RETURNS TABLE(tenant_id text, session_id uuid) owner=sessions_admin definer=t config=search_path=pg_catalog, pg_temp
+#variable_conflict use_column
+BEGIN
+  IF revoke_session.id IS NULL THEN
+    RAISE EXCEPTION 'sessions.revoke_session: id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM sessions.check_revocation_reason(revoke_session.reason);
+  RETURN QUERY
+    UPDATE sessions.session s
+       SET revoked_at = now(), revoked_reason = revoke_session.reason
+     WHERE s.id = revoke_session.id
+       AND (revoke_session.tenant IS NULL OR s.tenant_id = revoke_session.tenant)
+       AND s.revoked_at IS NULL AND s.expires_at > now()
+    RETURNING s.tenant_id, s.id;
+END
+FUNCTION revoke_user(user_id text, reason text, tenant text) RETURNS TABLE(tenant_id text, session_id uuid) owner=sessions_admin definer=t config=search_path=pg_catalog, pg_temp
+#variable_conflict use_column
+BEGIN
+  IF revoke_user.user_id IS NULL OR revoke_user.user_id = '' THEN
+    RAISE EXCEPTION 'sessions.revoke_user: user_id must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM sessions.check_revocation_reason(revoke_user.reason);
+  RETURN QUERY
+    UPDATE sessions.session s
+       SET revoked_at = now(), revoked_reason = revoke_user.reason
+     WHERE s.user_id = revoke_user.user_id
+       AND (revoke_user.tenant IS NULL OR s.tenant_id = revoke_user.tenant)
+       AND s.revoked_at IS NULL AND s.expires_at > now()
+    RETURNING s.tenant_id, s.id;
+END
 
 -- views (columns above; definitions as written are in migrations/)
 VIEW active_sessions_per_tenant options=security_invoker=true
+VIEW daily_session_counts options=security_invoker=true
+VIEW peak_sessions_per_hour options=security_invoker=true
 VIEW sessions_per_user options=security_invoker=true
+VIEW user_devices options=security_invoker=true
+VIEW users_with_many_networks options=security_invoker=true
+VIEW users_with_many_revocations options=security_invoker=true
+VIEW users_with_many_sessions options=security_invoker=true
 
 -- table and view privileges
+GRANT DELETE, INSERT, SELECT ON event TO sessions_admin
 GRANT DELETE, SELECT ON session TO sessions_app
 GRANT DELETE, SELECT, UPDATE ON session TO sessions_admin
-GRANT INSERT, SELECT ON event TO sessions_admin
 GRANT SELECT ON active_sessions_per_tenant TO sessions_auditor
+GRANT SELECT ON daily_session_counts TO sessions_auditor
 GRANT SELECT ON event TO sessions_auditor
+GRANT SELECT ON peak_sessions_per_hour TO sessions_auditor
 GRANT SELECT ON schema_migrations TO sessions_app
 GRANT SELECT ON schema_migrations TO sessions_auditor
 GRANT SELECT ON sessions_per_user TO sessions_auditor
+GRANT SELECT ON user_devices TO sessions_auditor
+GRANT SELECT ON users_with_many_networks TO sessions_auditor
+GRANT SELECT ON users_with_many_revocations TO sessions_auditor
+GRANT SELECT ON users_with_many_sessions TO sessions_auditor
 
 -- column privileges
 GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent) ON session TO sessions_app
@@ -244,8 +373,11 @@ GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute
 
 -- function privileges
 GRANT EXECUTE ON changed_keys(old_data jsonb, new_data jsonb) TO sessions_admin
+GRANT EXECUTE ON check_revocation_reason(reason text) TO sessions_admin
 GRANT EXECUTE ON content_changed(old_row sessions.session, new_row sessions.session) TO sessions_admin
 GRANT EXECUTE ON content_changed(old_row sessions.session, new_row sessions.session) TO sessions_app
 GRANT EXECUTE ON current_actor() TO sessions_admin
 GRANT EXECUTE ON gc_batch(batch_size integer) TO sessions_app
+GRANT EXECUTE ON network_prefix(ip inet) TO sessions_admin
+GRANT EXECUTE ON network_prefix(ip inet) TO sessions_auditor
 GRANT EXECUTE ON notify_changes(op text, entries jsonb) TO sessions_admin

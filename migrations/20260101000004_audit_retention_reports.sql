@@ -1,0 +1,367 @@
+-- migrate:up
+-- The audit trail's last pieces: one ending per session in the event log, event
+-- retention, cross-tenant revocation for operators, and the reporting views that
+-- read the log (history counts, not only the live rows).
+
+-- A deletion says how the session ended: 'destroyed' only for a live row (logout);
+-- removing a row that had already ended is 'purged' (revoked earlier) or 'expired'
+-- (past its expiry), whoever deletes it, inside gc_batch (reason 'gc') or not. So a
+-- session has at most one ending event (revoked, expired or destroyed), which the
+-- reports below count; before, a revoked row deleted outside GC ended twice.
+CREATE OR REPLACE FUNCTION sessions.log_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  by_gc boolean := current_setting('sessions.delete_reason', true) = 'gc';
+  entries jsonb;
+BEGIN
+  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, reason, actor)
+  SELECT o.tenant_id, o.id, o.user_id,
+         CASE WHEN o.revoked_at IS NOT NULL THEN 'purged'
+              WHEN o.expires_at <= now() THEN 'expired'
+              ELSE 'destroyed' END,
+         o.version, CASE WHEN by_gc THEN 'gc' END, sessions.current_actor()
+    FROM old_rows o;
+  SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version))
+    INTO entries FROM old_rows o;
+  IF entries IS NOT NULL THEN
+    PERFORM sessions.notify_changes('delete', entries);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- Retention: deletes at most batch_size events older than older_than (by the
+-- database's clock). Call until it returns less than batch_size, each call in its
+-- own transaction (`pg-sessions prune-events` does), so no call holds locks for long. Only this function deletes
+-- events; nobody may update them. No FOR UPDATE: that needs UPDATE on the log, which
+-- nobody has; concurrent calls take turns on a transaction-level advisory lock
+-- instead, so neither stops early on rows the other is deleting.
+CREATE FUNCTION sessions.prune_events(older_than interval, batch_size integer DEFAULT 5000)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deleted integer;
+BEGIN
+  IF older_than IS NULL OR older_than <= interval '0' THEN
+    RAISE EXCEPTION 'sessions.prune_events: older_than must be a positive interval, got %',
+      coalesce(older_than::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
+    RAISE EXCEPTION 'sessions.prune_events: batch_size must be between 1 and 100000, got %',
+      coalesce(batch_size::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- 'pgse' and 3 (gc holds 'pgse' and 2).
+  PERFORM pg_advisory_xact_lock(1885827941, 3);
+  WITH doomed AS (
+    SELECT tenant_id, id FROM sessions.event
+     WHERE occurred_at < now() - older_than
+     LIMIT batch_size
+  )
+  DELETE FROM sessions.event e USING doomed d
+   WHERE e.tenant_id = d.tenant_id AND e.id = d.id;
+  GET DIAGNOSTICS deleted = ROW_COUNT;
+  RETURN deleted;
+END
+$$;
+
+-- Cross-tenant revocation for operators (the CLI's `revoke`): the only way to revoke
+-- without naming a tenant, validated, live sessions only. EXECUTE can be granted to a
+-- support role that has no other privilege on the tables. The caller sets
+-- `sessions.actor` for the event log; the triggers notify every app node.
+CREATE FUNCTION sessions.check_revocation_reason(reason text) RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF reason IS NULL OR btrim(reason) = '' OR length(reason) > 200 THEN
+    RAISE EXCEPTION 'sessions: a revocation needs a reason of 1 to 200 characters'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+END
+$$;
+
+CREATE FUNCTION sessions.revoke_session(id uuid, reason text, tenant text DEFAULT NULL)
+RETURNS TABLE (tenant_id text, session_id uuid) LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+  IF revoke_session.id IS NULL THEN
+    RAISE EXCEPTION 'sessions.revoke_session: id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM sessions.check_revocation_reason(revoke_session.reason);
+  RETURN QUERY
+    UPDATE sessions.session s
+       SET revoked_at = now(), revoked_reason = revoke_session.reason
+     WHERE s.id = revoke_session.id
+       AND (revoke_session.tenant IS NULL OR s.tenant_id = revoke_session.tenant)
+       AND s.revoked_at IS NULL AND s.expires_at > now()
+    RETURNING s.tenant_id, s.id;
+END
+$$;
+
+CREATE FUNCTION sessions.revoke_user(user_id text, reason text, tenant text DEFAULT NULL)
+RETURNS TABLE (tenant_id text, session_id uuid) LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+  IF revoke_user.user_id IS NULL OR revoke_user.user_id = '' THEN
+    RAISE EXCEPTION 'sessions.revoke_user: user_id must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM sessions.check_revocation_reason(revoke_user.reason);
+  RETURN QUERY
+    UPDATE sessions.session s
+       SET revoked_at = now(), revoked_reason = revoke_user.reason
+     WHERE s.user_id = revoke_user.user_id
+       AND (revoke_user.tenant IS NULL OR s.tenant_id = revoke_user.tenant)
+       AND s.revoked_at IS NULL AND s.expires_at > now()
+    RETURNING s.tenant_id, s.id;
+END
+$$;
+
+-- The network an address belongs to, for "sessions from many places": the /24 of an
+-- IPv4 address (also when it arrives IPv4-mapped, ::ffff:a.b.c.d, as Node reports
+-- IPv4 clients on a dual-stack socket), the /48 of an IPv6 address. SQL and without
+-- SET so that the planner inlines it.
+CREATE FUNCTION sessions.network_prefix(ip inet) RETURNS cidr LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+  SELECT CASE
+    WHEN pg_catalog.family(ip) = 4 THEN pg_catalog.network(pg_catalog.set_masklen(ip, 24))
+    WHEN ip OPERATOR(pg_catalog.<<) inet '::ffff:0.0.0.0/96' THEN
+      pg_catalog.network(pg_catalog.set_masklen(
+        inet '0.0.0.0' OPERATOR(pg_catalog.+) (ip OPERATOR(pg_catalog.-) inet '::ffff:0.0.0.0'), 24))
+    ELSE pg_catalog.network(pg_catalog.set_masklen(ip, 48))
+  END
+$$;
+
+-- Reporting reads the log by tenant and time: the BRIN on occurred_at serves
+-- cross-tenant time ranges, this one a tenant's timeline. The views group by UTC day,
+-- so a filter on their `day` column is on this expression: a BRIN on it (a few pages
+-- even at tens of millions of events, since the log is written in time order) keeps
+-- `WHERE day >= …` from reading the whole log.
+CREATE INDEX event_tenant_occurred_at_idx ON sessions.event (tenant_id, occurred_at);
+-- Revocations are a small share of the log and the only kind a report looks up by user:
+-- a partial index on them replaces the (kind, occurred_at) index over every event, which
+-- cost as much to maintain as any other index and served no query the BRIN does not.
+DROP INDEX sessions.event_kind_idx;
+CREATE INDEX event_revoked_idx ON sessions.event (tenant_id, user_id, occurred_at)
+  WHERE kind = 'revoked';
+CREATE INDEX event_day_brin ON sessions.event USING brin (((occurred_at AT TIME ZONE 'UTC')::date));
+
+-- Reporting views. security_invoker: the reader's own privileges and policies apply,
+-- and none of them names token_hash or data. Days and hours are UTC.
+
+-- Live sessions of users, one row per device: who is logged in from where.
+CREATE VIEW sessions.user_devices WITH (security_invoker = true) AS
+SELECT tenant_id,
+       user_id,
+       id AS session_id,
+       created_at,
+       last_seen_at,
+       expires_at,
+       ip,
+       sessions.network_prefix(ip) AS network,
+       user_agent,
+       version
+  FROM sessions.session
+ WHERE user_id IS NOT NULL AND revoked_at IS NULL AND expires_at > now();
+
+-- Per UTC day and tenant, from the event log: sessions created, and sessions ended,
+-- split by how (revoked, expired, destroyed = logout). A 'purged' event is the
+-- removal of a session that had already ended (revoked), so it is not an ending.
+CREATE VIEW sessions.daily_session_counts WITH (security_invoker = true) AS
+SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
+       tenant_id,
+       count(*) FILTER (WHERE kind = 'created') AS created,
+       count(*) FILTER (WHERE kind <> 'created') AS ended,
+       count(*) FILTER (WHERE kind = 'revoked') AS revoked,
+       count(*) FILTER (WHERE kind = 'expired') AS expired,
+       count(*) FILTER (WHERE kind = 'destroyed') AS destroyed
+  FROM sessions.event
+ WHERE kind IN ('created', 'revoked', 'expired', 'destroyed')
+ GROUP BY 1, 2;
+
+-- Concurrent sessions per UTC hour and tenant, replayed from the event log: a
+-- session counts from its 'created' event until its ending event (revoked, expired,
+-- destroyed). Every hour from the tenant's first event to the current hour has a row.
+-- An ending whose 'created' event was pruned is ignored, so retention never drives
+-- the count below the sessions created within the retained log.
+CREATE VIEW sessions.peak_sessions_per_hour WITH (security_invoker = true) AS
+WITH changes AS (
+  SELECT e.tenant_id, e.occurred_at, CASE WHEN e.kind = 'created' THEN 1 ELSE -1 END AS delta
+    FROM sessions.event e
+   WHERE e.kind = 'created'
+      OR (e.kind IN ('revoked', 'expired', 'destroyed')
+          AND EXISTS (SELECT FROM sessions.event c
+                       WHERE c.tenant_id = e.tenant_id AND c.session_id = e.session_id
+                         AND c.kind = 'created'))
+), instants AS (
+  -- Changes at the same instant are applied together.
+  SELECT tenant_id, occurred_at, sum(delta) AS delta,
+         count(*) FILTER (WHERE delta > 0) AS created,
+         count(*) FILTER (WHERE delta < 0) AS ended
+    FROM changes
+   GROUP BY tenant_id, occurred_at
+), levels AS (
+  SELECT tenant_id, occurred_at, created, ended,
+         sum(delta) OVER (PARTITION BY tenant_id ORDER BY occurred_at) AS level
+    FROM instants
+), busy_hours AS (
+  SELECT tenant_id, date_trunc('hour', occurred_at, 'UTC') AS hour,
+         max(level) AS peak,
+         (array_agg(level ORDER BY occurred_at DESC))[1] AS closing,
+         sum(created) AS created,
+         sum(ended) AS ended
+    FROM levels
+   GROUP BY 1, 2
+), hours AS (
+  SELECT b.tenant_id, h.hour
+    FROM (SELECT tenant_id, min(hour) AS first_hour, max(hour) AS last_hour
+            FROM busy_hours GROUP BY tenant_id) b
+   CROSS JOIN LATERAL generate_series(
+           b.first_hour, greatest(b.last_hour, date_trunc('hour', now(), 'UTC')), interval '1 hour'
+         ) AS h(hour)
+), filled AS (
+  -- run numbers an hour with changes and the quiet hours after it alike.
+  SELECT h.tenant_id, h.hour, bh.peak, bh.closing,
+         coalesce(bh.created, 0) AS created, coalesce(bh.ended, 0) AS ended,
+         count(bh.closing) OVER (PARTITION BY h.tenant_id ORDER BY h.hour) AS run
+    FROM hours h
+    LEFT JOIN busy_hours bh ON bh.tenant_id = h.tenant_id AND bh.hour = h.hour
+), closing AS (
+  -- The level at the end of each hour: its own closing level, or the last one before.
+  SELECT tenant_id, hour, peak, created, ended,
+         max(closing) OVER (PARTITION BY tenant_id, run) AS level_at_end
+    FROM filled
+), opening AS (
+  SELECT tenant_id, hour, peak, created, ended,
+         coalesce(lag(level_at_end) OVER (PARTITION BY tenant_id ORDER BY hour), 0) AS at_start
+    FROM closing
+)
+SELECT hour,
+       tenant_id,
+       at_start::bigint AS sessions_at_start,
+       greatest(peak, at_start)::bigint AS peak_sessions,
+       created::bigint,
+       ended::bigint
+  FROM opening;
+
+-- Suspicious patterns. The thresholds are fixed here; docs/reporting.md shows the
+-- queries to use other ones.
+
+-- Users with more than 5 live sessions right now.
+CREATE VIEW sessions.users_with_many_sessions WITH (security_invoker = true) AS
+SELECT tenant_id,
+       user_id,
+       count(*) AS live_sessions,
+       count(DISTINCT ip) AS distinct_ips,
+       count(DISTINCT sessions.network_prefix(ip)) AS distinct_networks,
+       min(created_at) AS oldest_created_at,
+       max(last_seen_at) AS last_seen_at
+  FROM sessions.session
+ WHERE user_id IS NOT NULL AND revoked_at IS NULL AND expires_at > now()
+ GROUP BY tenant_id, user_id
+HAVING count(*) > 5;
+
+-- Users with 3 or more sessions revoked on one UTC day, with the reasons and who revoked.
+CREATE VIEW sessions.users_with_many_revocations WITH (security_invoker = true) AS
+SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
+       tenant_id,
+       user_id,
+       count(*) AS revocations,
+       array_agg(DISTINCT reason ORDER BY reason) AS reasons,
+       array_agg(DISTINCT actor ORDER BY actor) AS actors
+  FROM sessions.event
+ WHERE kind = 'revoked' AND user_id IS NOT NULL
+ GROUP BY 1, 2, 3
+HAVING count(*) >= 3;
+
+-- Users who logged in on one UTC day from 4 or more networks (/24 IPv4, /48 IPv6):
+-- a session counts for the user it was bound to (at creation or by a later login),
+-- on that day, with the address it was created from.
+CREATE VIEW sessions.users_with_many_networks WITH (security_invoker = true) AS
+WITH logins AS (
+  SELECT b.tenant_id, b.user_id, b.session_id, b.occurred_at, sessions.network_prefix(c.ip) AS network
+    FROM sessions.event b
+    JOIN sessions.event c
+      ON c.tenant_id = b.tenant_id AND c.session_id = b.session_id AND c.kind = 'created'
+   WHERE b.kind IN ('created', 'user_bound') AND b.user_id IS NOT NULL AND c.ip IS NOT NULL
+)
+SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
+       tenant_id,
+       user_id,
+       count(DISTINCT session_id) AS sessions,
+       count(DISTINCT network) AS networks,
+       array_agg(DISTINCT network ORDER BY network)::text[] AS network_list
+  FROM logins
+ GROUP BY 1, 2, 3
+HAVING count(DISTINCT network) >= 4;
+
+-- Ownership and privileges. New functions are executable by PUBLIC by default: not these.
+REVOKE EXECUTE ON FUNCTION sessions.prune_events(interval, integer),
+                           sessions.check_revocation_reason(text),
+                           sessions.revoke_session(uuid, text, text),
+                           sessions.revoke_user(text, text, text),
+                           sessions.network_prefix(inet)
+  FROM PUBLIC;
+-- Retention may delete events; nobody may update them.
+GRANT DELETE ON sessions.event TO sessions_admin;
+-- Hand the definer functions to sessions_admin (see 20260101000002 for why CREATE).
+GRANT CREATE ON SCHEMA sessions TO sessions_admin;
+ALTER FUNCTION sessions.prune_events(interval, integer) OWNER TO sessions_admin;
+ALTER FUNCTION sessions.revoke_session(uuid, text, text) OWNER TO sessions_admin;
+ALTER FUNCTION sessions.revoke_user(text, text, text) OWNER TO sessions_admin;
+REVOKE CREATE ON SCHEMA sessions FROM sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.check_revocation_reason(text) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.network_prefix(inet) TO sessions_auditor, sessions_admin;
+GRANT SELECT ON sessions.user_devices,
+                sessions.daily_session_counts,
+                sessions.peak_sessions_per_hour,
+                sessions.users_with_many_sessions,
+                sessions.users_with_many_revocations,
+                sessions.users_with_many_networks
+  TO sessions_auditor;
+
+-- migrate:down
+DROP VIEW sessions.users_with_many_networks;
+DROP VIEW sessions.users_with_many_revocations;
+DROP VIEW sessions.users_with_many_sessions;
+DROP VIEW sessions.peak_sessions_per_hour;
+DROP VIEW sessions.daily_session_counts;
+DROP VIEW sessions.user_devices;
+DROP INDEX sessions.event_day_brin;
+DROP INDEX sessions.event_revoked_idx;
+CREATE INDEX event_kind_idx ON sessions.event (kind, occurred_at);
+DROP INDEX sessions.event_tenant_occurred_at_idx;
+DROP FUNCTION sessions.network_prefix(inet);
+DROP FUNCTION sessions.revoke_user(text, text, text);
+DROP FUNCTION sessions.revoke_session(uuid, text, text);
+DROP FUNCTION sessions.check_revocation_reason(text);
+DROP FUNCTION sessions.prune_events(interval, integer);
+REVOKE DELETE ON sessions.event FROM sessions_admin;
+
+-- log_delete as 20260101000001 created it.
+CREATE OR REPLACE FUNCTION sessions.log_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  by_gc boolean := current_setting('sessions.delete_reason', true) = 'gc';
+  entries jsonb;
+BEGIN
+  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, reason, actor)
+  SELECT o.tenant_id, o.id, o.user_id,
+         CASE WHEN NOT by_gc THEN 'destroyed' WHEN o.revoked_at IS NULL THEN 'expired' ELSE 'purged' END,
+         o.version, CASE WHEN by_gc THEN 'gc' END, sessions.current_actor()
+    FROM old_rows o;
+  SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version))
+    INTO entries FROM old_rows o;
+  IF entries IS NOT NULL THEN
+    PERFORM sessions.notify_changes('delete', entries);
+  END IF;
+  RETURN NULL;
+END
+$$;
