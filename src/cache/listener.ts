@@ -5,6 +5,9 @@ import type { SessionMetrics } from '../metrics.js';
 import { NOTIFY_CHANNEL, parseNotification, type SessionNotification } from './notification.js';
 import type { SessionCache } from './session-cache.js';
 
+/** The LISTEN connection's application_name, by which operators (and `pg-sessions status`) find it. */
+export const LISTENER_APPLICATION_NAME = 'pg-sessions-listener';
+
 export interface ListenerOptions {
   /** How often the idle connection proves it is alive (ms). */
   readonly heartbeatInterval: number;
@@ -107,7 +110,7 @@ export class SessionListener extends EventEmitter {
       return;
     }
     const client = new pg.Client({
-      application_name: 'pg-sessions-listener',
+      application_name: LISTENER_APPLICATION_NAME,
       keepAlive: true,
       connectionTimeoutMillis: 5_000,
       ...config,

@@ -1,7 +1,8 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { type MigrateAction, MigrationError, migrate } from '../db/migrator.js';
 import { CliError, ExitCode } from './cli-error.js';
 import { databaseUrl } from './database-url.js';
+import { positiveInteger } from './option-parsers.js';
 
 export function migrateCommand(): Command {
   const command = new Command('migrate').description(
@@ -49,12 +50,4 @@ async function run(
     if (error instanceof MigrationError) throw new CliError(error.message);
     throw error;
   }
-}
-
-function positiveInteger(value: string): number {
-  const parsed = Number(value);
-  if (!Number.isInteger(parsed) || parsed < 1) {
-    throw new InvalidArgumentError('expected a whole number of at least 1');
-  }
-  return parsed;
 }
