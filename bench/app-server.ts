@@ -1,0 +1,175 @@
+// The one app process under load (started by bench/http.ts and bench/replicas.ts).
+// BENCH_VARIANT picks the session layer; the handlers are the same in every variant:
+//   POST /login  creates the session (user and a visit counter): the setup step
+//   GET  /read   reads two keys of the session
+//   POST /write  changes one of four keys of the session
+// A request whose session was not found answers 401, so a benchmark that silently
+// lost its sessions shows up as non-2xx responses instead of flattering numbers.
+// The runner reads counters over IPC (never over HTTP, which would count as load).
+// For the replica benchmark the runner sends a `topology` message (the primary's URL
+// and the replicas' to read from): pg-sessions then runs over a ReplicaRouter, rebuilt
+// for each topology while the process and its warm JIT stay the same.
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import Koa from 'koa';
+import { createSession } from 'koa-session';
+import { ReplicaRouter, type RouterCounters } from '../src/db/replica-router.js';
+import { type SessionMiddleware, sessions } from '../src/index.js';
+import { type Message, serveRunner, tellRunner } from './child.js';
+import { ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
+
+/** What the runner asks for before and after each measured run. */
+export interface AppStats extends Message {
+  readonly type: 'stats';
+  /** CPU time of this process so far (user + system), in microseconds. */
+  readonly cpuMicros: number;
+  /** pg-sessions' counters (undefined for the other variants). */
+  readonly metrics?: {
+    readonly requests: number;
+    readonly roundTrips: number;
+    readonly cacheHits: number;
+    readonly cacheMisses: number;
+    readonly loads: number;
+    readonly saves: number;
+  };
+  /** The replica router's counters (replica benchmark only). */
+  readonly router?: RouterCounters;
+}
+
+/**
+ * Sent by the replica benchmark, answered by `ready`: read from `replicas` with writes on
+ * `primary`, or (with `hosts`) discover the roles among these servers and fail over.
+ */
+export interface Topology extends Message {
+  readonly type: 'topology';
+  readonly primary?: string;
+  readonly replicas?: readonly string[];
+  readonly hosts?: readonly string[];
+}
+
+const variant = process.env.BENCH_VARIANT as Variant;
+if (!VARIANTS.includes(variant)) throw new Error(`BENCH_VARIANT must be one of ${VARIANTS}`);
+
+const app = new Koa();
+app.keys = ['benchmark key, the same for every variant'];
+app.silent = true;
+let middleware: SessionMiddleware | undefined;
+let router: ReplicaRouter | undefined;
+
+async function startSessions(database: string | ReplicaRouter): Promise<SessionMiddleware> {
+  const started = sessions({
+    database,
+    cache: variant === 'pg-sessions-cache' ? {} : false,
+    // Nothing expires during a run; a collector waking up mid-cell would only add noise.
+    gc: false,
+  });
+  await started.start();
+  return started;
+}
+
+/** Swaps pg-sessions onto a new router; the old one is closed (with its pools) after. */
+async function useTopology(topology: Topology): Promise<void> {
+  const next = new ReplicaRouter(
+    topology.hosts
+      ? // The failover test's bounds: a write waits at most 5 s for a new primary.
+        {
+          hosts: topology.hosts,
+          poolSize: ROUTER_POOL_SIZE,
+          failoverTimeout: 5_000,
+          connectTimeout: 1_000,
+          statementTimeout: 2_000,
+        }
+      : {
+          primary: topology.primary,
+          replicas: topology.replicas ?? [],
+          poolSize: ROUTER_POOL_SIZE,
+        },
+  );
+  await next.ready();
+  const previous = middleware;
+  const previousRouter = router;
+  middleware = await startSessions(next);
+  router = next;
+  await previous?.close();
+  // The middleware closes only what it created: the router is ours.
+  await previousRouter?.close();
+}
+
+if (variant === 'koa-session') {
+  // koa-session's default store: the whole session in a signed cookie.
+  app.use(createSession({ key: 'sid', signed: true, maxAge: 86_400_000 }, app));
+} else if (variant !== 'bare') {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL must name the database of a pg-sessions variant');
+  middleware = await startSessions(url);
+  app.use((ctx, next) => {
+    if (!middleware) throw new Error('pg-sessions is not started');
+    return middleware(ctx, next);
+  });
+}
+
+/** Bare Koa has no sessions: its handlers use one object shared by every request. */
+const shared: Record<string, unknown> = { user: 'everyone', visits: 0 };
+let logins = 0;
+let writes = 0;
+
+app.use((ctx) => {
+  const session = (variant === 'bare' ? shared : ctx.session) as Record<string, unknown> | null;
+  if (!session) throw new Error('no session object');
+  const route = `${ctx.method} ${ctx.path}`;
+  if (route === 'POST /login') {
+    session.user = `user-${++logins}`;
+    session.visits = 0;
+    ctx.body = 'ok';
+    return;
+  }
+  if (typeof session.user !== 'string') {
+    ctx.status = 401;
+    return;
+  }
+  if (route === 'GET /read') {
+    ctx.body = { user: session.user, visits: session.visits };
+  } else if (route === 'POST /write') {
+    writes++;
+    session[`k${writes % 4}`] = writes;
+    ctx.body = 'ok';
+  } else {
+    ctx.status = 404;
+  }
+});
+
+const server: Server = await new Promise((resolve) => {
+  const listening = app.listen(0, '127.0.0.1', () => resolve(listening));
+});
+
+serveRunner(
+  async (message): Promise<Message | undefined> => {
+    if (message.type === 'topology') {
+      await useTopology(message as Topology);
+      return { type: 'ready' };
+    }
+    if (message.type !== 'stats') return undefined;
+    const cpu = process.cpuUsage();
+    const snapshot = middleware?.metrics.snapshot();
+    return {
+      type: 'stats',
+      cpuMicros: cpu.user + cpu.system,
+      metrics: snapshot && {
+        requests: snapshot.requests,
+        roundTrips: snapshot.roundTrips,
+        cacheHits: snapshot.cacheHits,
+        cacheMisses: snapshot.cacheMisses,
+        loads: snapshot.loads,
+        saves: snapshot.saves,
+      },
+      ...(router ? { router: { ...router.counters } } : {}),
+    } satisfies AppStats;
+  },
+  async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    await middleware?.close();
+    await router?.close();
+  },
+);
+tellRunner({ type: 'ready', port: (server.address() as AddressInfo).port });

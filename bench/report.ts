@@ -1,0 +1,341 @@
+// What one benchmark run wrote (bench/results/*.json), its Markdown for RESULTS.md,
+// and the checks that make a run (the smoke run in CI above all) fail when something
+// did not really run. Speed is never checked: the targets are reported, not asserted.
+
+import { type HttpCell, type HttpSettings, MIXES, type MixName } from './http.js';
+import type { NotifyResult, NotifySettings } from './notify-latency.js';
+import {
+  CLUSTER_REPLICAS,
+  DECISION_MS,
+  REPLICA_CELLS,
+  type ReplicaResult,
+  type ReplicaSettings,
+} from './replicas.js';
+import { ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
+
+export const PARTS = ['http', 'notify', 'replicas'] as const;
+export type Part = (typeof PARTS)[number];
+
+export interface Machine {
+  readonly cpus: number;
+  readonly cpuModel: string;
+  readonly os: string;
+  readonly node: string;
+  /** `PostgreSQL 18.1`, from the server itself. */
+  readonly postgres: string;
+  readonly postgresSettings: string;
+  /** Where the servers came from: embedded, PG_BIN_DIR, url, testcontainers. */
+  readonly postgresBackend: string;
+}
+
+export interface BenchReport {
+  readonly smoke: boolean;
+  /** The command that reproduces this run. */
+  readonly command: string;
+  readonly at: string;
+  readonly elapsedSeconds: number;
+  readonly parts: readonly Part[];
+  readonly machine: Machine;
+  readonly settings: {
+    readonly http?: HttpSettings;
+    readonly notify?: NotifySettings;
+    readonly replicas?: ReplicaSettings;
+  };
+  readonly http?: readonly HttpCell[];
+  readonly notify?: NotifyResult;
+  readonly replicas?: ReplicaResult;
+}
+
+const LABELS: Record<Variant, string> = {
+  bare: 'bare Koa (no sessions)',
+  'koa-session': 'koa-session, cookie store',
+  'pg-sessions-nocache': 'pg-sessions, `cache: false`',
+  'pg-sessions-cache': 'pg-sessions, cache on',
+};
+
+/** Everything that means the run did not measure what it claims; empty when all is well. */
+export function failures(report: BenchReport): string[] {
+  const problems: string[] = [];
+  const expect = (part: Part, present: boolean) => {
+    if (report.parts.includes(part) && !present) problems.push(`${part}: no result`);
+  };
+  expect('http', report.http !== undefined);
+  expect('notify', report.notify !== undefined);
+  expect('replicas', report.replicas !== undefined);
+  if (report.http) problems.push(...httpFailures(report.http));
+  if (report.notify && report.settings.notify) {
+    problems.push(...notifyFailures(report.notify, report.settings.notify));
+  }
+  if (report.replicas) problems.push(...replicaFailures(report.replicas));
+  return problems;
+}
+
+/** The problems every load cell can have, whatever it measured. */
+function loadFailures(
+  name: string,
+  cell: Pick<HttpCell, 'requests' | 'requestsPerSecond' | 'errors' | 'timeouts' | 'non2xx'> & {
+    readonly latencyMs: { readonly p99: number };
+  },
+): string[] {
+  const problems: string[] = [];
+  if (!(cell.requests > 0 && cell.requestsPerSecond > 0)) problems.push(`${name}: no requests`);
+  if (cell.errors > 0) problems.push(`${name}: ${cell.errors} connection errors`);
+  if (cell.timeouts > 0) problems.push(`${name}: ${cell.timeouts} timeouts`);
+  if (cell.non2xx > 0) problems.push(`${name}: ${cell.non2xx} non-2xx responses`);
+  if (!Number.isFinite(cell.latencyMs.p99)) problems.push(`${name}: no latency`);
+  return problems;
+}
+
+function httpFailures(cells: readonly HttpCell[]): string[] {
+  const problems: string[] = [];
+  for (const variant of VARIANTS) {
+    for (const mix of MIXES) {
+      const cell = find(cells, variant, mix.name);
+      const name = `${variant} ${mix.name}`;
+      if (!cell) {
+        problems.push(`${name}: no result`);
+        continue;
+      }
+      problems.push(...loadFailures(name, cell));
+      if (variant.startsWith('pg-sessions') && !Number.isFinite(cell.roundTripsPerRequest)) {
+        problems.push(`${name}: no round-trip count`);
+      }
+      if (
+        variant === 'pg-sessions-cache' &&
+        !(cell.cacheHitRatio !== undefined && cell.cacheHitRatio > 0)
+      ) {
+        problems.push(`${name}: the cache served nothing`);
+      }
+    }
+  }
+  return problems;
+}
+
+function notifyFailures(notify: NotifyResult, settings: NotifySettings): string[] {
+  const problems: string[] = [];
+  if (notify.samples < settings.samples) {
+    problems.push(`notification latency: ${notify.samples} of ${settings.samples} samples`);
+  }
+  if (!Number.isFinite(notify.latencyMs.p99)) problems.push('notification latency: no numbers');
+  if (notify.notEvicted > 0) {
+    problems.push(`notification latency: ${notify.notEvicted} notifications evicted nothing`);
+  }
+  if (notify.staleReads > 0) {
+    problems.push(`notification latency: ${notify.staleReads} stale reads after eviction`);
+  }
+  return problems;
+}
+
+function replicaFailures(result: ReplicaResult): string[] {
+  const problems: string[] = [];
+  for (const expected of REPLICA_CELLS) {
+    const cell = result.cells.find((candidate) => candidate.name === expected.name);
+    const name = `replicas ${expected.name}`;
+    if (!cell) {
+      problems.push(`${name}: no result`);
+      continue;
+    }
+    problems.push(...loadFailures(name, cell));
+    if (!Number.isFinite(cell.roundTripsPerRequest)) problems.push(`${name}: no round-trip count`);
+    if (!Number.isFinite(cell.reads.replicaReads)) problems.push(`${name}: no router counters`);
+    if (cell.reads.failovers > 0) problems.push(`${name}: ${cell.reads.failovers} failovers`);
+    // Routing, not speed: with replicas to read from, some reads must have gone there.
+    if (cell.replicas > 0 && !(cell.replicaShare > 0)) {
+      problems.push(`${name}: no session load was answered by a replica`);
+    }
+    if (cell.replicas === 0 && cell.reads.replicaReads > 0) {
+      problems.push(`${name}: ${cell.reads.replicaReads} reads went to a replica not configured`);
+    }
+  }
+  const { failover } = result;
+  if (!Number.isFinite(failover.firstWriteMs)) {
+    problems.push('failover: no write begun after the kill was acknowledged');
+  }
+  if (failover.failed > 0) {
+    problems.push(`failover: ${failover.failed} writes ended other than 2xx or 503`);
+  }
+  return problems;
+}
+
+function find(cells: readonly HttpCell[], variant: Variant, mix: MixName): HttpCell | undefined {
+  return cells.find((cell) => cell.variant === variant && cell.mix === mix);
+}
+
+const fixed = (value: number | undefined, digits: number) =>
+  value === undefined || !Number.isFinite(value) ? '—' : value.toFixed(digits);
+const percent = (value: number | undefined) =>
+  value === undefined || !Number.isFinite(value) ? '—' : `${(value * 100).toFixed(1)} %`;
+const cores = (busy: HttpCell['cpuCores']) =>
+  `${fixed(busy.app, 2)} / ${fixed(busy.postgres, 2)} / ${fixed(busy.load, 2)}`;
+const totalCores = (busy: HttpCell['cpuCores']) => busy.app + (busy.postgres ?? 0) + busy.load;
+
+/** The generated blocks of RESULTS.md, by name: `run`, then one per part that ran. */
+export function renderResults(report: BenchReport): Map<string, string> {
+  const blocks = new Map<string, string>();
+  blocks.set('run', renderRun(report));
+  const stamp = `Measured by \`${report.command}\` at ${report.at.slice(0, 16).replace('T', ' ')} UTC.`;
+  if (report.http && report.settings.http) {
+    blocks.set('http', renderHttp(report.http, report.settings.http, report.machine, stamp));
+  }
+  if (report.notify) blocks.set('notify', renderNotify(report.notify, stamp));
+  if (report.replicas && report.settings.replicas) {
+    blocks.set('replicas', renderReplicas(report.replicas, report.settings.replicas, stamp));
+  }
+  return blocks;
+}
+
+function renderRun(report: BenchReport): string {
+  const { machine } = report;
+  return `## Latest run
+
+\`${report.command}\` — ${report.at.slice(0, 16).replace('T', ' ')} UTC, ${report.elapsedSeconds} s in all (${report.parts.join(', ')}).
+
+Machine: ${machine.cpus} CPUs (${machine.cpuModel}), ${machine.os}, Node ${machine.node}.
+PostgreSQL: ${machine.postgres} (${machine.postgresBackend}; ${machine.postgresSettings}), on the same machine,
+started and stopped by the benchmark. The app, the load generator and every PostgreSQL server share the CPUs.`;
+}
+
+function renderHttp(
+  cells: readonly HttpCell[],
+  settings: HttpSettings,
+  machine: Machine,
+  stamp: string,
+): string {
+  const rows: string[] = [];
+  for (const mix of MIXES) {
+    for (const variant of VARIANTS) {
+      const cell = find(cells, variant, mix.name);
+      if (!cell) continue;
+      rows.push(
+        `| ${mix.name} | ${LABELS[variant]} | ${Math.round(cell.requestsPerSecond)} | **${fixed(cell.ratioToBare, 2)}×** | ${cell.latencyMs.p50} | ${cell.latencyMs.p99} | ${fixed(cell.roundTripsPerRequest, 2)} | ${percent(cell.cacheHitRatio)} | ${cores(cell.cpuCores)} | ${Math.round(cell.appCpuMicrosPerRequest)} |`,
+      );
+    }
+  }
+  const length =
+    settings.amount === undefined
+      ? `${settings.durationSeconds} s per cell after a ${settings.warmupSeconds} s warm-up`
+      : `${settings.amount} requests per cell`;
+  return `### HTTP throughput of one app process
+
+${stamp} ${settings.sessions} live sessions, ${settings.connections} connections, ${length}.
+read-mostly: 90 % of requests only read the session (GET), 10 % change one key (POST);
+write-heavy: 50/50. Every request names one of the live sessions at random; the load
+generator keeps each session's cookies as a browser would.
+
+| mix | variant | req/s | vs bare Koa | p50 ms | p99 ms | DB round trips / request | cache hit ratio | CPU cores busy: app / PostgreSQL / autocannon | app CPU µs / request |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+${rows.join('\n')}
+
+#### Ratios against this run's baselines
+
+${ratios(cells)
+  .map((line) => `- ${line}`)
+  .join('\n')}
+
+#### Where the CPU went
+
+${saturation(cells, machine.cpus)}`;
+}
+
+function ratios(cells: readonly HttpCell[]): string[] {
+  const cached = (mix: MixName) => find(cells, 'pg-sessions-cache', mix);
+  const cookie = (mix: MixName) => find(cells, 'koa-session', mix);
+  const verdict = (met: boolean) => (met ? '**met**' : '**not met**');
+  const readMostly = cached('read-mostly')?.ratioToBare ?? Number.NaN;
+  return [
+    `target: pg-sessions with the cache ≥ 0.7× bare Koa, read-mostly: ${fixed(readMostly, 2)}× — ${verdict(readMostly >= 0.7)}`,
+    ...MIXES.map(({ name }) => {
+      const ours = cached(name)?.requestsPerSecond ?? Number.NaN;
+      const theirs = cookie(name)?.requestsPerSecond ?? Number.NaN;
+      return `target: pg-sessions with the cache ahead of koa-session's cookie store, ${name}: ${Math.round(ours)} vs ${Math.round(theirs)} req/s (${fixed(ours / theirs, 2)}×) — ${verdict(ours > theirs)}`;
+    }),
+    ...MIXES.map(({ name }) => {
+      const off = find(cells, 'pg-sessions-nocache', name)?.requestsPerSecond ?? Number.NaN;
+      const on = cached(name)?.requestsPerSecond ?? Number.NaN;
+      return `the cache's own effect, ${name}: cache on / cache off ${fixed(on / off, 2)}×`;
+    }),
+  ];
+}
+
+/** A paragraph computed from the run: how busy the machine was, so that no ratio is read alone. */
+function saturation(cells: readonly HttpCell[], cpus: number): string {
+  const busiest = [...cells].sort((x, y) => totalCores(y.cpuCores) - totalCores(x.cpuCores))[0];
+  const bare = find(cells, 'bare', 'read-mostly');
+  const cached = find(cells, 'pg-sessions-cache', 'read-mostly');
+  const lines = [
+    `The machine has ${cpus} CPUs. The busiest cell (${busiest ? `${busiest.variant} ${busiest.mix}` : '—'}) kept ${fixed(busiest && totalCores(busiest.cpuCores), 2)} cores busy between the app, PostgreSQL and autocannon, so every cell competes with its own load generator and database for the same cores; other processes on a shared machine are not counted at all.`,
+  ];
+  if (bare && cached) {
+    lines.push(
+      `Per request, the app process spent ${Math.round(bare.appCpuMicrosPerRequest)} µs of CPU with bare Koa and ${Math.round(cached.appCpuMicrosPerRequest)} µs with pg-sessions and its cache (read-mostly). Their ratio (${fixed(bare.appCpuMicrosPerRequest / cached.appCpuMicrosPerRequest, 2)}×) is the throughput ratio the app process would approach with a core of its own and the database elsewhere; it does not depend on how this run shared the cores.`,
+    );
+  }
+  return lines.join('\n');
+}
+
+function renderNotify(notify: NotifyResult, stamp: string): string {
+  const ms = (value: number) => fixed(value, 2);
+  return `### Notification to eviction, between two processes
+
+${stamp} ${notify.samples} changes made by process A with plain SQL (update, revoke, delete
+in turn), each evicted from process B's cache by its LISTEN connection; measured from A
+sending \`COMMIT\` to B having applied the notification:
+
+| change | median ms | p90 ms | p99 ms | max ms |
+| --- | ---: | ---: | ---: | ---: |
+| all | ${ms(notify.latencyMs.median)} | ${ms(notify.latencyMs.p90)} | ${ms(notify.latencyMs.p99)} | ${ms(notify.latencyMs.max)} |
+${(['update', 'revoke', 'delete'] as const)
+  .map((operation) => {
+    const d = notify.byOperation[operation];
+    return `| ${operation} | ${ms(d.median)} | ${ms(d.p90)} | ${ms(d.p99)} | ${ms(d.max)} |`;
+  })
+  .join('\n')}
+
+A's own \`COMMIT\` round trip (part of the above): median ${ms(notify.commitRoundTripMs.median)} ms, p99 ${ms(notify.commitRoundTripMs.p99)} ms.
+Notifications that evicted nothing: ${notify.notEvicted}; B's next request still seeing the old session: ${notify.staleReads}.`;
+}
+
+function renderReplicas(result: ReplicaResult, settings: ReplicaSettings, stamp: string): string {
+  const rows = result.cells.map(
+    (cell) =>
+      `| ${cell.name} | ${cell.replicas} | ${Math.round(cell.requestsPerSecond)} | ${cell.latencyMs.p50} | ${cell.latencyMs.p99} | ${percent(cell.replicaShare)} | ${cell.reads.replicaReads} / ${cell.reads.primaryReads} / ${cell.reads.staleReplicaReads} | ${fixed(cell.roundTripsPerRequest, 2)} | ${cores(cell.cpuCores)} |`,
+  );
+  const primaryOnly = result.cells.find((cell) => cell.replicas === 0 && cell.writeShare === 0);
+  const scaling = result.cells
+    .filter((cell) => cell.writeShare === 0 && cell.replicas > 0)
+    .map(
+      (cell) =>
+        `${cell.replicas} replica${cell.replicas > 1 ? 's' : ''}: ${fixed(cell.requestsPerSecond / (primaryOnly?.requestsPerSecond ?? Number.NaN), 2)}×`,
+    );
+  const length =
+    settings.amount === undefined
+      ? `${settings.durationSeconds} s per cell after a ${settings.warmupSeconds} s warm-up`
+      : `${settings.amount} requests per cell`;
+  return `### Read scaling over streaming replicas
+
+${stamp} ${result.postgres}: a primary and ${CLUSTER_REPLICAS} asynchronous streaming replicas
+(\`startCluster\` from \`pg-sessions/testing\`), all on this machine. One app process,
+pg-sessions with \`cache: false\` over a \`ReplicaRouter\` reading from the replicas listed
+(so every request loads its session from a database), ${settings.sessions} live sessions,
+${settings.connections} connections, ${length}. The load keeps each session's version cookie
+(the read-your-writes fence), so a client that just wrote reads its own write.
+
+| cell | replicas read from | req/s | p50 ms | p99 ms | session loads answered by replicas | reads: replica / primary / stale replica | DB round trips / request | CPU cores busy: app / PostgreSQL (all servers) / autocannon |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+${rows.join('\n')}
+
+Failover, after the cells: the router discovers the roles among the three servers
+(\`hosts\`, \`failoverTimeout: 5000\`); four clients write in a loop; the primary is killed
+with SIGKILL, and ${DECISION_MS} ms later replica 1 is promoted (\`pg_ctl promote -w\`).
+
+| promotion ms | first write acknowledged, ms after the promotion began | writes | 2xx | 503 | other | slowest write ms |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| ${fixed(result.failover.promotionMs, 0)} | ${fixed(result.failover.firstWriteMs, 0)} | ${result.failover.writes} | ${result.failover.acknowledged} | ${result.failover.unavailable} | ${result.failover.failed} | ${fixed(result.failover.longestWriteMs, 0)} |
+
+Read-only throughput against the primary alone: ${scaling.join(', ')}. Every server shares the
+same cores here, so a replica adds no hardware: what changes is that the router keeps a
+pool of ${ROUTER_POOL_SIZE} connections per host (more connections, more backends for the
+same cores) and that the cells run in order on a shared machine. Read these figures as
+proof that the routing holds under load and as one primary's capacity on this machine,
+not as the scaling of a deployment with one machine per server.`;
+}

@@ -1,0 +1,317 @@
+// `npm run bench`: three parts in one run, on one machine, against PostgreSQL servers
+// this process starts and stops:
+//   http      the HTTP benchmark of four session layers (bench/http.ts);
+//   notify    the notification-to-eviction latency between two processes (bench/notify-latency.ts);
+//   replicas  read scaling over streaming replicas (bench/replicas.ts), on a cluster of its own.
+// Writes bench/results/<name>.json and the generated blocks of bench/RESULTS.md.
+//
+// `npm run bench:smoke` (part of `npm test`): the same code paths with tiny settings;
+// fails when a cell errored, answered non-2xx or produced no numbers. Never on speed.
+// `npm run bench:replicas`: the replica part alone (`--only replicas`).
+//
+// Options: --only <part,…>, --duration <s> per measured cell (default 10; replicas 8),
+// --warmup <s> (default 3; replicas 2), --sessions <n> (1000), --connections <n> (32),
+// --samples <n> notification samples (300), --cpu-prof (CPU profiles of the HTTP app
+// processes, written to a temporary folder; such a run does not update RESULTS.md).
+// PostgreSQL: PG_TEST_URL uses that server for http and notify; PG_TEST_BACKEND=testcontainers
+// a container; else a local server from PG_BIN_DIR's binaries or the embedded ones, run
+// with production durability (fsync on), unlike the test suite's throwaway servers. The
+// replica cluster is always local (PG_BIN_DIR or embedded binaries), durable too.
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { availableParallelism, cpus, platform, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import {
+  type Cluster,
+  createTestDatabase,
+  PostgresServer,
+  startCluster,
+  stopTestServer,
+  testServer,
+} from '../src/testing/index.js';
+import { Child } from './child.js';
+import { type HttpCell, type HttpSettings, runHttpBench } from './http.js';
+import { type NotifyResult, type NotifySettings, runNotifyLatency } from './notify-latency.js';
+import {
+  CLUSTER_REPLICAS,
+  type ReplicaResult,
+  type ReplicaSettings,
+  runReplicaBench,
+} from './replicas.js';
+import {
+  type BenchReport,
+  failures,
+  type Machine,
+  PARTS,
+  type Part,
+  renderResults,
+} from './report.js';
+
+const { values: args } = parseArgs({
+  options: {
+    smoke: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    duration: { type: 'string' },
+    warmup: { type: 'string' },
+    sessions: { type: 'string' },
+    connections: { type: 'string' },
+    samples: { type: 'string' },
+    'cpu-prof': { type: 'boolean', default: false },
+  },
+});
+const smoke = args.smoke === true;
+
+function count(name: string, value: string | undefined, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < min) {
+    throw new Error(`--${name} must be an integer of at least ${min}, got ${value}`);
+  }
+  return parsed;
+}
+
+function selectedParts(only: string | undefined): readonly Part[] {
+  if (only === undefined) return PARTS;
+  const names = only.split(',').map((name) => name.trim());
+  for (const name of names) {
+    if (!(PARTS as readonly string[]).includes(name)) {
+      throw new Error(`--only takes a list of ${PARTS.join(', ')}; got ${name}`);
+    }
+  }
+  return PARTS.filter((part) => names.includes(part));
+}
+
+const parts = selectedParts(args.only);
+const profileDir = args['cpu-prof'] ? mkdtempSync(join(tmpdir(), 'pg-sessions-bench-')) : undefined;
+/** The smoke run sends a fixed, small number of requests per cell instead of a duration. */
+const smokeRequests = 120;
+const http: HttpSettings = {
+  sessions: count('sessions', args.sessions, smoke ? 20 : 1000),
+  connections: count('connections', args.connections, 32),
+  durationSeconds: count('duration', args.duration, smoke ? 1 : 10),
+  warmupSeconds: count('warmup', args.warmup, smoke ? 0 : 3, 0),
+  appNodeOptions: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
+  ...(smoke && args.duration === undefined ? { amount: smokeRequests } : {}),
+};
+const replicas: ReplicaSettings = {
+  sessions: http.sessions,
+  connections: http.connections,
+  durationSeconds: count('duration', args.duration, smoke ? 1 : 8),
+  warmupSeconds: count('warmup', args.warmup, smoke ? 0 : 2, 0),
+  ...(http.amount === undefined ? {} : { amount: http.amount }),
+};
+const notify: NotifySettings = { samples: count('samples', args.samples, smoke ? 6 : 300) };
+const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
+const startedAt = Date.now();
+const log = (line: string) =>
+  process.stderr.write(`[${((Date.now() - startedAt) / 1000).toFixed(1)} s] ${line}\n`);
+
+/** Production durability: the test suite's servers run with fsync off, which would flatter every write. */
+const DURABLE: Readonly<Record<string, string>> = {
+  fsync: 'on',
+  full_page_writes: 'on',
+  synchronous_commit: 'on',
+};
+/**
+ * The smoke run measures nothing: it takes the test suite's throwaway settings (fsync
+ * off), which halve the cluster's start and make each database copy ten times quicker.
+ */
+const serverSettings = smoke ? {} : DURABLE;
+
+/** A durable local server unless the environment names one (as the test harness reads it). */
+async function startPostgres(): Promise<PostgresServer | undefined> {
+  if (process.env.PG_TEST_URL || process.env.PG_TEST_BACKEND === 'testcontainers') return;
+  const server = await PostgresServer.start({ settings: serverSettings });
+  process.env.PG_TEST_URL = server.url('postgres');
+  return server;
+}
+
+async function serverFacts(adminUrl: string) {
+  const client = new pg.Client(adminUrl);
+  await client.connect();
+  try {
+    const { rows } = await client.query<{
+      version: string;
+      fsync: string;
+      commit: string;
+      buffers: string;
+    }>(
+      `SELECT current_setting('server_version') AS version, current_setting('fsync') AS fsync,
+              current_setting('synchronous_commit') AS commit,
+              current_setting('shared_buffers') AS buffers`,
+    );
+    const row = rows[0];
+    return {
+      version: `PostgreSQL ${row?.version ?? '?'}`,
+      settings: `fsync=${row?.fsync ?? '?'}, synchronous_commit=${row?.commit ?? '?'}, shared_buffers=${row?.buffers ?? '?'}`,
+    };
+  } finally {
+    await client.end();
+  }
+}
+
+const extraArgs = process.argv.slice(2).filter((arg) => arg !== '--smoke');
+const command = `npm run bench${smoke ? ':smoke' : ''}${extraArgs.length > 0 ? ` -- ${extraArgs.join(' ')}` : ''}`;
+
+/** The HTTP benchmark and the notification latency, on one server. */
+async function runSingleServerParts(
+  load: Child,
+  postmasterPid: number | undefined,
+): Promise<{
+  facts: { version: string; settings: string; backend: string };
+  cells?: HttpCell[];
+  notify?: NotifyResult;
+}> {
+  const ownServer = await startPostgres();
+  try {
+    const server = await testServer();
+    const facts = await serverFacts(server.adminUrl);
+    log(`benchmark on ${facts.version} (${facts.settings}), ${server.backend}`);
+    const cells = parts.includes('http')
+      ? await runHttpBench(
+          http,
+          {
+            create: () => createTestDatabase(),
+            postmasterPid: ownServer?.pid ?? server.process?.pid ?? postmasterPid,
+          },
+          load,
+          log,
+        )
+      : undefined;
+    let notifyResult: NotifyResult | undefined;
+    if (parts.includes('notify')) {
+      const database = await createTestDatabase();
+      try {
+        notifyResult = await runNotifyLatency(notify, database);
+      } finally {
+        await database.drop();
+      }
+      log(
+        `notification to eviction: median ${notifyResult.latencyMs.median.toFixed(2)} ms, p99 ${notifyResult.latencyMs.p99.toFixed(2)} ms (${notifyResult.samples} samples)`,
+      );
+    }
+    return {
+      facts: { ...facts, backend: ownServer ? ownServer.binaries.source : server.backend },
+      ...(cells ? { cells } : {}),
+      ...(notifyResult ? { notify: notifyResult } : {}),
+    };
+  } finally {
+    await stopTestServer();
+    await ownServer?.destroy();
+    if (ownServer) delete process.env.PG_TEST_URL;
+  }
+}
+
+/** The replica part, on `cluster`: a database made there the way the tests make theirs. */
+async function runReplicaPart(load: Child, cluster: Cluster): Promise<ReplicaResult> {
+  const configured = process.env.PG_TEST_URL;
+  process.env.PG_TEST_URL = cluster.primary.url('postgres');
+  try {
+    // Not dropped: the failover leaves its server dead, and the cluster goes with it.
+    const database = await createTestDatabase();
+    return await runReplicaBench(replicas, cluster, database, load, log);
+  } finally {
+    await stopTestServer();
+    if (configured === undefined) delete process.env.PG_TEST_URL;
+    else process.env.PG_TEST_URL = configured;
+  }
+}
+
+let exitCode = 0;
+let cluster: Cluster | undefined;
+// One load generator for every part, started first: it gets ready while the servers start.
+const load = Child.start('./load.ts');
+try {
+  const loadReady = load.next('ready');
+  loadReady.catch(() => {}); // awaited below; a failure before that must not go unhandled
+  const singleServer = parts.includes('http') || parts.includes('notify');
+  const ownServers = !process.env.PG_TEST_URL && process.env.PG_TEST_BACKEND !== 'testcontainers';
+  if (smoke && ownServers && parts.includes('replicas')) {
+    // The smoke run saves a server start: everything runs on the cluster's primary.
+    cluster = await startCluster({ replicas: CLUSTER_REPLICAS, settings: serverSettings });
+    process.env.PG_TEST_URL = cluster.primary.url('postgres');
+  }
+  // Otherwise the single server is stopped before the cluster starts: one at a time on the cores.
+  await loadReady;
+  const single = singleServer ? await runSingleServerParts(load, cluster?.primary.pid) : undefined;
+  let replicaResult: ReplicaResult | undefined;
+  if (parts.includes('replicas')) {
+    cluster ??= await startCluster({ replicas: CLUSTER_REPLICAS, settings: serverSettings });
+    replicaResult = await runReplicaPart(load, cluster);
+  }
+  const machine: Machine = {
+    cpus: availableParallelism(),
+    cpuModel: cpus()[0]?.model.trim() ?? 'unknown',
+    os: `${platform()} ${release()}`,
+    node: process.version,
+    postgres: single?.facts.version ?? replicaResult?.postgres ?? '?',
+    postgresSettings:
+      single?.facts.settings ??
+      Object.entries(serverSettings)
+        .map(([name, value]) => `${name}=${value}`)
+        .join(', '),
+    postgresBackend: single?.facts.backend ?? (process.env.PG_BIN_DIR ? 'PG_BIN_DIR' : 'embedded'),
+  };
+  const report: BenchReport = {
+    smoke,
+    command,
+    at: new Date().toISOString(),
+    elapsedSeconds: Math.round((Date.now() - startedAt) / 1000),
+    parts,
+    machine,
+    settings: {
+      ...(parts.includes('http') ? { http } : {}),
+      ...(parts.includes('notify') ? { notify } : {}),
+      ...(parts.includes('replicas') ? { replicas } : {}),
+    },
+    ...(single?.cells ? { http: single.cells } : {}),
+    ...(single?.notify ? { notify: single.notify } : {}),
+    ...(replicaResult ? { replicas: replicaResult } : {}),
+  };
+  // Only a plain full-length run is recorded in the tree: the smoke run (CI) and a profiled
+  // one (the profiler slows the apps down) write their JSON to the temporary folder.
+  const recorded = !smoke && !profileDir;
+  const folder = recorded ? here('./results') : tmpdir();
+  mkdirSync(folder, { recursive: true });
+  const name = `${recorded ? 'latest' : `pg-sessions-bench-${smoke ? 'smoke' : 'profiled'}`}${args.only === undefined ? '' : `-${parts.join('-')}`}`;
+  const resultsFile = join(folder, `${name}.json`);
+  await writeFile(resultsFile, `${JSON.stringify(report, null, 2)}\n`);
+  log(`results: ${resultsFile}`);
+  const blocks = renderResults(report);
+  if (recorded) {
+    const resultsMd = here('./RESULTS.md');
+    let text = await readFile(resultsMd, 'utf8').catch(() => '# Benchmark results\n');
+    for (const [block, markdown] of blocks) text = spliceGenerated(text, block, markdown);
+    await writeFile(resultsMd, text);
+  }
+  process.stdout.write(`${[...blocks.values()].join('\n\n')}\n`);
+  if (profileDir) log(`CPU profiles of the app processes: ${profileDir}`);
+  const failed = failures(report);
+  if (failed.length > 0) {
+    log(`benchmark FAILED:\n${failed.map((line) => `- ${line}`).join('\n')}`);
+    exitCode = 1;
+  } else {
+    log(`benchmark done in ${report.elapsedSeconds} s`);
+  }
+} catch (error) {
+  log(`benchmark FAILED: ${error instanceof Error ? (error.stack ?? error.message) : error}`);
+  exitCode = 1;
+} finally {
+  await load.stop();
+  await cluster?.destroy();
+}
+process.exit(exitCode);
+
+/** Replaces one generated block of RESULTS.md (appended when new), keeping what people wrote around it. */
+function spliceGenerated(previous: string, name: string, generated: string): string {
+  const start = `<!-- generated by npm run bench: ${name} -->`;
+  const end = `<!-- end of generated ${name} -->`;
+  const block = `${start}\n${generated.trim()}\n${end}`;
+  const from = previous.indexOf(start);
+  const to = previous.indexOf(end);
+  if (from < 0 || to < from) return `${previous.trimEnd()}\n\n${block}\n`;
+  return `${previous.slice(0, from)}${block}${previous.slice(to + end.length)}`;
+}
