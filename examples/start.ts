@@ -1,9 +1,13 @@
 // `npm start`: the demo on DATABASE_URL, or on an embedded PostgreSQL kept in .data/.
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { loadSeed } from '../seeds/load.js';
 import { migrate } from '../src/index.js';
 import { PostgresServer } from '../src/testing/index.js';
 import { createDemoApp } from './app.js';
+
+/** Weeks of history in other tenants, so `pg-sessions report …` has something to show. */
+const DEMO_HISTORY_SESSIONS = 20_000;
 
 const DEMO_ROLE = 'pgs_demo_app';
 
@@ -31,12 +35,28 @@ async function appRoleUrl(adminUrl: string): Promise<string> {
   return url.toString();
 }
 
+/** Seeds the embedded demo database once (the seed refuses tenants that hold data). */
+async function seedOnce(adminUrl: string): Promise<void> {
+  const client = new pg.Client(adminUrl);
+  await client.connect();
+  const seeded = await client
+    .query('SELECT 1 FROM sessions.event LIMIT 1')
+    .finally(() => client.end());
+  if (seeded.rowCount) return;
+  const result = await loadSeed(adminUrl, { sessions: DEMO_HISTORY_SESSIONS });
+  process.stdout.write(
+    `seeded ${result.sessions} sessions of history (${result.events} events) in ${result.tenants.join(', ')}: ` +
+      `try \`DATABASE_URL=${adminUrl} npx pg-sessions report daily_session_counts\`\n`,
+  );
+}
+
 const { url, server } = await databaseUrl();
 const migrated = await migrate(url, 'up', { onOutput: (text) => process.stdout.write(text) });
 if (migrated.exitCode !== 0) {
   process.stderr.write('migration failed\n');
   process.exit(1);
 }
+if (server) await seedOnce(url);
 const { app, middleware } = createDemoApp({
   database: server ? await appRoleUrl(url) : url,
 });
