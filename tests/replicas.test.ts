@@ -5,6 +5,7 @@ import { migrate } from '../src/db/migrator.js';
 import { ReplicaRouter, type ReplicaRouterOptions } from '../src/db/replica-router.js';
 import type { SessionOptions } from '../src/index.js';
 import { type Cluster, type PostgresServer, startCluster } from '../src/testing/index.js';
+import { runCli } from './helpers/cli.js';
 import { Browser, startApp, type TestApp } from './helpers/http.js';
 
 // One cluster for the file: a primary, replica1 (synchronous, remote_apply) and replica2
@@ -373,6 +374,40 @@ test.serial(
     }
     t.deepEqual(failures, []);
     t.true(requests > 100);
+  },
+);
+
+test.serial(
+  'pg-sessions status --hosts shows each host role, replay position and lag',
+  async (t) => {
+    const [synchronous, delayed] = [replica(0), replica(1)];
+    await cluster.waitForReplay();
+    await cluster.setApplyDelay(delayed, 2_000);
+    try {
+      // A commit the synchronous replica applies at once and the delayed one holds back.
+      await query(cluster.primary, 'SELECT pg_current_xact_id()');
+      const result = await runCli([
+        'status',
+        '--hosts',
+        cluster.urls(DATABASE).join(','),
+        '--format',
+        'json',
+      ]);
+      t.is(result.code, 0, result.stderr);
+      const report = JSON.parse(result.stdout) as {
+        hosts: { host: string; role: string; replayLsn: string | null; lagBytes: number | null }[];
+      };
+      const byPort = (server: PostgresServer) =>
+        report.hosts.find((host) => host.host.includes(`:${server.port}/`));
+      t.is(byPort(cluster.primary)?.role, 'primary');
+      t.is(byPort(synchronous)?.role, 'replica');
+      t.is(byPort(synchronous)?.lagBytes, 0, 'remote_apply: replayed before the commit returned');
+      t.is(byPort(delayed)?.role, 'replica');
+      t.truthy(byPort(delayed)?.replayLsn);
+      t.true((byPort(delayed)?.lagBytes ?? 0) > 0, 'the delayed replica is behind');
+    } finally {
+      await cluster.setApplyDelay(delayed, 0);
+    }
   },
 );
 
