@@ -89,7 +89,7 @@ users_with_many_sessions.oldest_created_at timestamp with time zone
 users_with_many_sessions.last_seen_at timestamp with time zone
 
 -- constraints
-event event_kind_check: CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text])))
+event event_kind_check: CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text])))
 event event_pkey: PRIMARY KEY (tenant_id, id)
 session session_data_check: CHECK ((jsonb_typeof(data) = 'object'::text))
 session session_pkey: PRIMARY KEY (tenant_id, id)
@@ -127,6 +127,18 @@ POLICY auditor_reads_all ON session FOR SELECT TO sessions_auditor USING (true) 
 POLICY tenant_isolation ON session FOR ALL TO public USING ((tenant_id = current_setting('sessions.tenant'::text, true))) WITH CHECK ((tenant_id = current_setting('sessions.tenant'::text, true)))
 
 -- functions (owner, security definer, configuration)
+FUNCTION altered_columns(old_row sessions.session, new_row sessions.session) RETURNS text[] owner=postgres definer=f config=search_path=pg_catalog, pg_temp
+SELECT array_remove(ARRAY[
+    CASE WHEN old_row.absolute_expires_at IS DISTINCT FROM new_row.absolute_expires_at
+         THEN 'absolute_expires_at' END,
+    CASE WHEN old_row.ip IS DISTINCT FROM new_row.ip THEN 'ip' END,
+    CASE WHEN old_row.revoked_at IS NOT NULL
+              AND old_row.revoked_at IS DISTINCT FROM new_row.revoked_at THEN 'revoked_at' END,
+    CASE WHEN old_row.revoked_reason IS DISTINCT FROM new_row.revoked_reason
+              AND NOT (old_row.revoked_at IS NULL AND new_row.revoked_at IS NOT NULL)
+         THEN 'revoked_reason' END,
+    CASE WHEN old_row.user_agent IS DISTINCT FROM new_row.user_agent THEN 'user_agent' END
+  ], NULL)
 FUNCTION bump_version() RETURNS trigger owner=postgres definer=f config=search_path=pg_catalog, pg_temp
 BEGIN
   IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.id IS DISTINCT FROM OLD.id
@@ -218,7 +230,7 @@ DECLARE
   entries jsonb;
 BEGIN
   WITH changed AS (
-    SELECT o AS old_row, n AS new_row
+    SELECT o AS old_row, n AS new_row, sessions.altered_columns(o, n) AS altered
       FROM old_rows o JOIN new_rows n ON n.tenant_id = o.tenant_id AND n.id = o.id
      WHERE sessions.content_changed(o, n)
   ), events AS (
@@ -236,6 +248,10 @@ BEGIN
     SELECT (new_row).tenant_id, (new_row).id, (new_row).user_id, 'updated', (new_row).version,
            sessions.changed_keys((old_row).data, (new_row).data), NULL
       FROM changed WHERE (old_row).data IS DISTINCT FROM (new_row).data
+    UNION ALL
+    SELECT (new_row).tenant_id, (new_row).id, (new_row).user_id, 'altered', (new_row).version,
+           altered, NULL
+      FROM changed WHERE cardinality(altered) > 0
   )
   INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, changed_keys, reason, actor)
   SELECT tenant_id, session_id, user_id, kind, version, changed_keys, reason, sessions.current_actor()
@@ -372,6 +388,7 @@ GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen
 GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason) ON session TO sessions_app
 
 -- function privileges
+GRANT EXECUTE ON altered_columns(old_row sessions.session, new_row sessions.session) TO sessions_admin
 GRANT EXECUTE ON changed_keys(old_data jsonb, new_data jsonb) TO sessions_admin
 GRANT EXECUTE ON check_revocation_reason(reason text) TO sessions_admin
 GRANT EXECUTE ON content_changed(old_row sessions.session, new_row sessions.session) TO sessions_admin

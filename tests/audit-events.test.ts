@@ -311,3 +311,49 @@ test.serial(
     t.deepEqual(daily.rows, [{ created: 3, ended: 2, revoked: 1, expired: 1, destroyed: 0 }]);
   },
 );
+
+test.serial(
+  "an operator's hand-written UPDATE of columns no operation changes logs altered, naming them",
+  async (t) => {
+    const browser = browserFor('ev-altered');
+    await browser.post('/login?user=hal');
+    const id = await idOf(browser);
+    const hal = { user_id: 'hal', actor: 'user:hal' };
+    const operator = async (statement: string) => {
+      const client = await admin.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query(`SELECT set_config('sessions.actor', 'dba:olga', true)`);
+        await client.query(statement, [id]);
+        await client.query('COMMIT');
+      } catch (error) {
+        await client.query('ROLLBACK');
+        throw error;
+      } finally {
+        client.release();
+      }
+    };
+    await operator(
+      `UPDATE sessions.session SET user_agent = 'forged', ip = '10.0.0.1' WHERE id = $1`,
+    );
+    await operator(
+      `UPDATE sessions.session SET revoked_at = now(), revoked_reason = 'incident' WHERE id = $1`,
+    );
+    await operator(`UPDATE sessions.session SET revoked_reason = 'incident-42' WHERE id = $1`);
+    // Undoing a revocation is refused outright; back-dating one is logged.
+    await t.throwsAsync(operator(`UPDATE sessions.session SET revoked_at = NULL WHERE id = $1`), {
+      message: /cannot be un-revoked/,
+    });
+    await operator(
+      `UPDATE sessions.session SET revoked_at = revoked_at - interval '1 hour' WHERE id = $1`,
+    );
+    const olga = { user_id: 'hal', actor: 'dba:olga' };
+    t.deepEqual(await events('ev-altered'), [
+      event('created', id, 1, hal),
+      event('altered', id, 2, { ...olga, changed_keys: ['ip', 'user_agent'] }),
+      event('revoked', id, 3, { ...olga, reason: 'incident' }),
+      event('altered', id, 4, { ...olga, changed_keys: ['revoked_reason'] }),
+      event('altered', id, 5, { ...olga, changed_keys: ['revoked_at'] }),
+    ]);
+  },
+);
