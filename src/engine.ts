@@ -40,7 +40,7 @@ export class SessionEngine {
     this.database = openDatabase(options);
     // Always the current primary's pool, also after a failover swapped it.
     const writerPool = {
-      connect: () => this.database.writer().connect(),
+      connect: async () => guardClient(await this.database.writer().connect()),
       end: async () => {},
     };
     this.kysely = new Kysely<SessionsDatabase>({
@@ -181,6 +181,21 @@ export class SessionEngine {
     })();
     return this.#closing;
   }
+}
+
+const guardedClients = new WeakSet<pg.PoolClient>();
+
+/**
+ * A client Kysely holds for a request transaction has no listener of the pool's: if its
+ * server dies meanwhile, the 'error' event must not crash the process. The failed query
+ * rejects anyway (a 503), and the pool drops the client when it comes back unqueryable.
+ */
+function guardClient(client: pg.PoolClient): pg.PoolClient {
+  if (!guardedClients.has(client)) {
+    guardedClients.add(client);
+    client.on('error', () => {});
+  }
+  return client;
 }
 
 function openDatabase(options: ResolvedOptions): SessionDatabase {

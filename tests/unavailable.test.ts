@@ -65,3 +65,43 @@ for (const [name, database, limitMs] of databases) {
     t.is(recovered.body, 2, 'the session written before the outage is intact');
   });
 }
+
+test('a request transaction whose server goes away mid-request gets 503, and nothing crashes', async (t) => {
+  const server = await PostgresServer.start();
+  t.teardown(() => server.destroy());
+  const migrated = await migrate(server.url(), 'up');
+  t.is(migrated.exitCode, 0, migrated.output);
+  let entered!: () => void;
+  let release!: () => void;
+  const inHandler = new Promise<void>((resolve) => {
+    entered = resolve;
+  });
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const app = await startApp(
+    {
+      database: server.url(),
+      transaction: 'request',
+      connectTimeout: 1000,
+      statementTimeout: 1000,
+    },
+    (router) => {
+      router.post('/slow', async (ctx) => {
+        ctx.session!.n = 1;
+        entered();
+        // The transaction's connection is checked out and idle while the server stops.
+        await released;
+        ctx.body = 'done';
+      });
+    },
+  );
+  t.teardown(() => app.close());
+  const response = new Browser(app.url).post('/slow');
+  await inHandler;
+  await server.stop();
+  release();
+  const down = await response;
+  t.is(down.status, 503);
+  t.is((down.body as { error: string }).error, 'SESSION_STORE_UNAVAILABLE');
+});
