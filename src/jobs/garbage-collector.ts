@@ -27,8 +27,11 @@ export async function collectGarbage(
   const startedAt = new Date();
   const began = performance.now();
   const client = await pool.connect();
+  // Held across batches: a server that dies between them must not crash the process.
+  client.on('error', ignoreError);
   let deleted = 0;
   let batches = 0;
+  let broken: Error | undefined;
   try {
     const lock = await client.query<{ locked: boolean }>(
       'SELECT pg_try_advisory_lock($1, $2) AS locked',
@@ -54,10 +57,17 @@ export async function collectGarbage(
       await client.query('SELECT pg_advisory_unlock($1, $2)', [...GC_LOCK]);
     }
     return { startedAt, ran: true, deleted, batches, durationMs: performance.now() - began };
+  } catch (error) {
+    broken = error as Error;
+    throw error;
   } finally {
-    client.release();
+    client.off('error', ignoreError);
+    // A client whose connection failed goes, not back to the pool.
+    client.release(broken);
   }
 }
+
+function ignoreError(): void {}
 
 /** The actor the event log names for what the in-process collector deletes. */
 export const GC_ACTOR = 'pg-sessions:gc';
