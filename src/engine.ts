@@ -1,8 +1,9 @@
-import type { EventEmitter } from 'node:events';
+import { EventEmitter } from 'node:events';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { SessionListener } from './cache/listener.js';
 import { SessionCache } from './cache/session-cache.js';
+import { checkout } from './db/checkout.js';
 import { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
 import { PoolRunner, type Scope } from './db/runner.js';
 import type { SessionsDatabase } from './db/schema.js';
@@ -40,7 +41,7 @@ export class SessionEngine {
     this.database = openDatabase(options);
     // Always the current primary's pool, also after a failover swapped it.
     const writerPool = {
-      connect: async () => guardClient(await this.database.writer().connect()),
+      connect: () => checkout(this.database.writer()),
       end: async () => {},
     };
     this.kysely = new Kysely<SessionsDatabase>({
@@ -62,11 +63,11 @@ export class SessionEngine {
       );
       // After a failover the LISTEN connection belongs on the new primary at once: an old
       // primary that is still reachable would otherwise keep it, and hear nothing.
-      const router = this.database as Partial<Pick<EventEmitter, 'on' | 'off'>>;
-      if (typeof router.on === 'function' && typeof router.off === 'function') {
+      const router = this.database;
+      if (router instanceof EventEmitter) {
         const follow = () => this.listener?.reconnect();
-        router.on.call(this.database, 'primary:changed', follow);
-        this.#unfollow = () => router.off?.call(this.database, 'primary:changed', follow);
+        router.on('primary:changed', follow);
+        this.#unfollow = () => router.off('primary:changed', follow);
       }
     }
     this.touches = new TouchBatcher(
@@ -143,7 +144,7 @@ export class SessionEngine {
     scope: Scope | (() => Scope),
     fence: () => string | undefined = () => undefined,
   ): PoolRunner {
-    const database = this.database as SessionDatabase & { staleReader?: () => pg.Pool };
+    const database = this.database;
     return new PoolRunner(
       () => database.reader(fence()),
       () => database.writer(),
@@ -156,7 +157,7 @@ export class SessionEngine {
   start(): Promise<void> {
     this.#starting ??= (async () => {
       // A router given `hosts` knows the primary only after its first health check.
-      await (this.database as { ready?: () => Promise<void> }).ready?.();
+      await this.database.ready?.();
       if (this.options.checkSchema) await checkSchema(this.database.writer());
       await this.listener?.start();
       this.touches.start();
@@ -181,21 +182,6 @@ export class SessionEngine {
     })();
     return this.#closing;
   }
-}
-
-const guardedClients = new WeakSet<pg.PoolClient>();
-
-/**
- * A client Kysely holds for a request transaction has no listener of the pool's: if its
- * server dies meanwhile, the 'error' event must not crash the process. The failed query
- * rejects anyway (a 503), and the pool drops the client when it comes back unqueryable.
- */
-function guardClient(client: pg.PoolClient): pg.PoolClient {
-  if (!guardedClients.has(client)) {
-    guardedClients.add(client);
-    client.on('error', () => {});
-  }
-  return client;
 }
 
 function openDatabase(options: ResolvedOptions): SessionDatabase {

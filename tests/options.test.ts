@@ -2,6 +2,7 @@ import test from 'ava';
 import pg from 'pg';
 import { SessionOptionsError, SessionSchemaError, sessions } from '../src/index.js';
 import { createTestDatabase } from '../src/testing/index.js';
+import { Browser, startApp } from './helpers/http.js';
 
 test('a wrong option fails at construction with a sentence naming the option', (t) => {
   const cases: [Parameters<typeof sessions>[0], RegExp][] = [
@@ -81,4 +82,32 @@ test('cache.listenUrl sends the LISTEN connection there, and notifications still
     `SELECT pg_notify('sessions_changed', '{"op":"update","s":[["default","00000000-0000-4000-8000-000000000000","00",2]]}')`,
   );
   t.truthy(await heard);
+});
+
+test('clients of a pool the app passes in come back without listeners of ours', async (t) => {
+  const db = await createTestDatabase();
+  t.teardown(() => db.drop());
+  const pool = new pg.Pool({ connectionString: db.appUrl, max: 1 });
+  t.teardown(() => pool.end());
+  // Request transactions (Kysely) and single statements both check clients out.
+  const app = await startApp(
+    { database: pool, transaction: (ctx) => (ctx.path === '/tx' ? 'request' : 'none') },
+    (router) => {
+      router.post('/tx', (ctx) => {
+        ctx.session!.n = 1;
+        ctx.body = 'ok';
+      });
+      router.post('/plain', (ctx) => {
+        ctx.session!.n = 2;
+        ctx.body = 'ok';
+      });
+    },
+  );
+  t.teardown(() => app.close());
+  const browser = new Browser(app.url);
+  t.is((await browser.post('/tx')).status, 200);
+  t.is((await browser.post('/plain')).status, 200);
+  const client = await pool.connect();
+  t.is(client.listenerCount('error'), 0, 'a checked-out client of the app has no listener of ours');
+  client.release();
 });

@@ -81,10 +81,7 @@ export class SessionListener extends EventEmitter {
       this.#client = undefined;
       clearInterval(this.#heartbeatTimer);
       this.markDown(new Error('the primary changed'), true);
-      client.removeAllListeners('end');
-      client.removeAllListeners('error');
-      client.on('error', () => {});
-      client.end().catch(() => {});
+      void discard(client);
     } else if (!this.#reconnectTimer) {
       // An attempt is under way: it sees the new generation when it completes.
       return;
@@ -129,10 +126,7 @@ export class SessionListener extends EventEmitter {
       }
       if (generation !== this.#generation) {
         // The primary changed while this connected: it may be the old one; start over.
-        client.removeAllListeners('end');
-        client.removeAllListeners('error');
-        client.on('error', () => {});
-        await client.end().catch(() => {});
+        await discard(client);
         return this.connect();
       }
       this.#client = client;
@@ -220,4 +214,12 @@ export class SessionListener extends EventEmitter {
       this.emit('down', error);
     }
   }
+}
+
+/** Ends a connection this listener gave up on, without its events counting as a loss. */
+async function discard(client: pg.Client): Promise<void> {
+  client.removeAllListeners('end');
+  client.removeAllListeners('error');
+  client.on('error', () => {});
+  await client.end().catch(() => {});
 }

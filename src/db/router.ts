@@ -12,6 +12,10 @@ export interface SessionDatabase {
   listenerConfig(): pg.ClientConfig;
   /** Closes what this object created. */
   close(): Promise<void>;
+  /** Resolves once the primary is known (a router that discovers roles checks first). */
+  ready?(): Promise<void>;
+  /** The primary, for re-reading a replica's answer older than the client's fence (to count it). */
+  staleReader?(): pg.Pool;
 }
 
 export function isSessionDatabase(value: unknown): value is SessionDatabase {

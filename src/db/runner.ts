@@ -9,6 +9,7 @@ import {
   type Transaction,
 } from 'kysely';
 import pg from 'pg';
+import { checkout } from './checkout.js';
 import type { SessionsDatabase } from './schema.js';
 
 /**
@@ -114,14 +115,10 @@ export class PoolRunner implements StatementRunner {
   }
 
   private async send(pool: pg.Pool, text: string, explicitTransaction: boolean) {
-    const client = await pool.connect();
-    // A checked-out client has no listener of the pool's: a server that dies between
-    // our statements (say while we send ROLLBACK) must not become an uncaught 'error'.
-    client.on('error', ignoreError);
+    const client = await checkout(pool);
     this.counter?.roundTrip();
     try {
       const results = (await client.query(text)) as unknown as pg.QueryResult[];
-      client.off('error', ignoreError);
       client.release();
       return results;
     } catch (error) {
@@ -134,14 +131,11 @@ export class PoolRunner implements StatementRunner {
           (rollbackError: Error) => rollbackError,
         );
       }
-      client.off('error', ignoreError);
       client.release(broken);
       throw error;
     }
   }
 }
-
-function ignoreError(): void {}
 
 /** No SQLSTATE (the socket failed), or one that says the server ended this connection. */
 function isConnectionLevel(error: unknown): boolean {
