@@ -1,7 +1,6 @@
 import { Command } from 'commander';
 import type pg from 'pg';
-import { SqlState, sqlStateOf } from '../db/sqlstate.js';
-import { GC_LOCK } from '../jobs/garbage-collector.js';
+import { collectOn } from '../jobs/garbage-collector.js';
 import { CliError, ExitCode } from './cli-error.js';
 import { cliActor, withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
@@ -48,7 +47,27 @@ Exits 1 when the lock stays taken longer than --lock-wait.`,
         url,
         async (client) => {
           try {
-            return await collect(client, options, progress);
+            // Only for the bar: the expiry and revocation indexes make this cheap, and a
+            // role that row-level security hides rows from just sees a counter.
+            const total = process.stderr.isTTY ? await collectable(client) : undefined;
+            const run = await collectOn(client, {
+              batchSize: options.batchSize,
+              actor: cliActor(),
+              lockWaitMs: options.lockWait * 1000,
+              onBatch: (deleted) =>
+                progress.update(
+                  deleted,
+                  total ? Math.max(total, deleted) : undefined,
+                  'collecting',
+                ),
+            });
+            if (!run.ran) {
+              throw new CliError(
+                `another process has held the GC lock for more than ${options.lockWait} s; nothing was collected`,
+                ExitCode.failed,
+              );
+            }
+            return run;
           } finally {
             progress.clear();
           }
@@ -62,63 +81,9 @@ Exits 1 when the lock stays taken longer than --lock-wait.`,
     });
 }
 
-async function collect(
-  client: pg.Client,
-  options: GcOptions,
-  progress: ProgressLine,
-): Promise<{ deleted: number; batches: number }> {
-  // Session-level: every batch below commits on its own and is logged with this actor.
-  await client.query("SELECT set_config('sessions.actor', $1, false)", [cliActor()]);
-  await lock(client, options.lockWait);
-  try {
-    // Only for the bar: the expiry and revocation indexes make this cheap, and a
-    // role that row-level security hides rows from just sees a counter.
-    const total = process.stderr.isTTY
-      ? Number(
-          (
-            await client.query<{ n: number }>(
-              'SELECT count(*) AS n FROM sessions.session WHERE expires_at <= now() OR revoked_at IS NOT NULL',
-            )
-          ).rows[0]?.n ?? 0,
-        )
-      : undefined;
-    let deleted = 0;
-    let batches = 0;
-    for (;;) {
-      const result = await client.query<{ n: number }>('SELECT sessions.gc_batch($1) AS n', [
-        options.batchSize,
-      ]);
-      const count = result.rows[0]?.n ?? 0;
-      batches++;
-      deleted += count;
-      progress.update(deleted, total ? Math.max(total, deleted) : undefined, 'collecting');
-      // A short batch: nothing left but rows that requests hold right now (skipped).
-      if (count < options.batchSize) return { deleted, batches };
-    }
-  } finally {
-    await client.query('SELECT pg_advisory_unlock($1, $2)', [...GC_LOCK]).catch(() => {});
-  }
-}
-
-/** The app nodes' GC lock: taken at once when free, else waited for up to `seconds`. */
-async function lock(client: pg.Client, seconds: number): Promise<void> {
-  const free = await client.query<{ locked: boolean }>(
-    'SELECT pg_try_advisory_lock($1, $2) AS locked',
-    [...GC_LOCK],
+async function collectable(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ n: string }>(
+    'SELECT count(*) AS n FROM sessions.session WHERE expires_at <= now() OR revoked_at IS NOT NULL',
   );
-  if (free.rows[0]?.locked) return;
-  if (seconds > 0) {
-    try {
-      await client.query(`SET lock_timeout = '${seconds}s'`);
-      await client.query('SELECT pg_advisory_lock($1, $2)', [...GC_LOCK]);
-      await client.query('RESET lock_timeout');
-      return;
-    } catch (error) {
-      if (sqlStateOf(error) !== SqlState.lockNotAvailable) throw error;
-    }
-  }
-  throw new CliError(
-    `another process has held the GC lock for more than ${seconds} s; nothing was collected`,
-    ExitCode.failed,
-  );
+  return Number(rows[0]?.n ?? 0);
 }
