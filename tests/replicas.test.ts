@@ -378,6 +378,61 @@ test.serial(
 );
 
 test.serial(
+  'a replica lagging beyond maxReplicaLagMs leaves rotation, reads go to the primary, and it returns once caught up',
+  async (t) => {
+    const delayed = replica(1);
+    const { app, router } = await appOn(
+      {
+        primary: appUrls[0]!,
+        replicas: [appUrls[2]!],
+        maxReplicaLagMs: 500,
+        healthCheckInterval: 100,
+      },
+      { cache: false },
+    );
+    const browser = new Browser(app.url);
+    await browser.post('/set?lag=1');
+    await cluster.waitForReplay(delayed);
+    await pollUntil('the replica in rotation', 5_000, () => inRotation(router, delayed));
+    await cluster.setApplyDelay(delayed, 3_000);
+    // Commits the replica receives but holds back: its last replayed one grows old.
+    let writing = true;
+    const writes = (async () => {
+      while (writing) {
+        await query(cluster.primary, 'SELECT pg_current_xact_id()');
+        await sleep(50);
+      }
+    })();
+    try {
+      await pollUntil(
+        'the lagging replica out of rotation',
+        5_000,
+        () => !inRotation(router, delayed),
+      );
+      const before = { ...router.counters };
+      const response = await browser.get('/get');
+      t.is(response.status, 200);
+      t.is((response.body as SessionBody).data?.lag, '1');
+      t.deepEqual(diff(router.counters, before), {
+        replicaReads: 0,
+        primaryReads: 1,
+        staleReplicaReads: 0,
+        failovers: 0,
+      });
+    } finally {
+      writing = false;
+      await writes;
+      await cluster.setApplyDelay(delayed, 0);
+    }
+    await pollUntil('the replica back in rotation', 10_000, () => inRotation(router, delayed));
+    const before = router.counters.replicaReads;
+    t.is((await browser.get('/get')).status, 200);
+    t.is(router.counters.replicaReads, before + 1, 'reads go to the replica again');
+    await closeApp(app);
+  },
+);
+
+test.serial(
   'pg-sessions status --hosts shows each host role, replay position and lag',
   async (t) => {
     const [synchronous, delayed] = [replica(0), replica(1)];
