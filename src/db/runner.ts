@@ -11,6 +11,7 @@ import {
 import pg from 'pg';
 import { checkout } from './checkout.js';
 import type { SessionsDatabase } from './schema.js';
+import { endsConnection } from './sqlstate.js';
 
 /**
  * Builds queries without executing them. Statements are compiled with Kysely and
@@ -124,7 +125,7 @@ export class PoolRunner implements StatementRunner {
     } catch (error) {
       // A failed statement leaves an explicit transaction open and aborted: end it
       // before the connection goes back to the pool, or drop the connection.
-      let broken = isConnectionLevel(error) ? (error as Error) : undefined;
+      let broken = endsConnection(error) ? (error as Error) : undefined;
       if (explicitTransaction && !broken) {
         broken = await client.query('ROLLBACK').then(
           () => undefined,
@@ -135,12 +136,6 @@ export class PoolRunner implements StatementRunner {
       throw error;
     }
   }
-}
-
-/** No SQLSTATE (the socket failed), or one that says the server ended this connection. */
-function isConnectionLevel(error: unknown): boolean {
-  const code = (error as { code?: string } | null)?.code;
-  return !code?.match(/^[0-9A-Z]{5}$/) || code.startsWith('57P') || code.startsWith('08');
 }
 
 /** Runs statements inside an open Kysely transaction whose settings were applied at its start. */

@@ -70,6 +70,16 @@ export function isUnavailableError(error: unknown): boolean {
   );
 }
 
+/**
+ * True when the connection that raised the error is no longer fit for the pool: no
+ * SQLSTATE (the socket failed, or the client broke), or a connection-exception or
+ * operator-intervention class (08, 57P: the server ended the session).
+ */
+export function endsConnection(error: unknown): boolean {
+  const code = sqlStateOf(error);
+  return !code?.match(/^[0-9A-Z]{5}$/) || code.startsWith('08') || code.startsWith('57P');
+}
+
 /** True when the server is alive but read-only: a standby, or a demoted primary. */
 export function isReadOnlyError(error: unknown): boolean {
   return sqlStateOf(error) === SqlState.readOnlySqlTransaction;
