@@ -1,6 +1,6 @@
 import { userInfo } from 'node:os';
 import pg from 'pg';
-import { describeUrl } from '../db/migrator.js';
+import { describeUrl, messageOf } from '../db/migrator.js';
 import { isUnavailableError, SqlState, sqlStateOf } from '../db/sqlstate.js';
 import { CliError, ExitCode } from './cli-error.js';
 
@@ -68,7 +68,7 @@ export async function connect(url: string): Promise<pg.Client> {
     await client.connect();
   } catch (error) {
     await client.end().catch(() => {});
-    throw new CliError(`cannot connect to ${describeUrl(url)}: ${errorMessage(error)}`);
+    throw new CliError(`cannot connect to ${describeUrl(url)}: ${messageOf(error)}`);
   }
   return client;
 }
@@ -100,7 +100,7 @@ export function databaseFailure(
 ): unknown {
   if (error instanceof CliError) return error;
   const code = sqlStateOf(error);
-  const message = errorMessage(error);
+  const message = messageOf(error);
   switch (code) {
     case '3F000': // invalid_schema_name
     case SqlState.undefinedTable:
@@ -124,16 +124,4 @@ export function databaseFailure(
     return new CliError(`lost ${describeUrl(url)}: ${message}`, ExitCode.failed);
   }
   return error;
-}
-
-/** The first useful line of an error (node-postgres wraps several addresses in an AggregateError). */
-export function errorMessage(error: unknown): string {
-  if (error instanceof AggregateError && error.errors.length > 0) {
-    return errorMessage(error.errors[0]);
-  }
-  if (error instanceof Error) {
-    const text = error.message || (error as { code?: string }).code || error.name;
-    return text.split('\n')[0] as string;
-  }
-  return String(error);
 }

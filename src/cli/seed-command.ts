@@ -1,6 +1,7 @@
 import { Command } from 'commander';
+import { messageOf } from '../db/migrator.js';
 import { CliError } from './cli-error.js';
-import { connect, databaseFailure, errorMessage } from './connection.js';
+import { connect, databaseFailure } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { positiveInteger, wholeNumber } from './option-parsers.js';
 import { ProgressLine } from './progress.js';
@@ -77,6 +78,6 @@ async function loadSeedModule(): Promise<typeof import('../../seeds/load.js')> {
   try {
     return await import('../../seeds/load.js');
   } catch (error) {
-    throw new CliError(`the seed is not part of this installation (${errorMessage(error)})`);
+    throw new CliError(`the seed is not part of this installation (${messageOf(error)})`);
   }
 }

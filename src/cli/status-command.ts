@@ -1,10 +1,15 @@
 import { Command, Option } from 'commander';
 import type pg from 'pg';
 import { LISTENER_APPLICATION_NAME } from '../cache/listener.js';
-import { describeUrl, expectedMigrationVersions, MIGRATIONS_TABLE } from '../db/migrator.js';
+import {
+  describeUrl,
+  expectedMigrationVersions,
+  MIGRATIONS_TABLE,
+  messageOf,
+} from '../db/migrator.js';
 import { formatLsn, parseLsn } from '../db/replica-router.js';
 import { CliError, ExitCode } from './cli-error.js';
-import { connect, databaseFailure, errorMessage } from './connection.js';
+import { connect, databaseFailure } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { toTable } from './output-format.js';
 
@@ -163,7 +168,7 @@ async function probe(url: string): Promise<Probe> {
     await client?.end().catch(() => {});
     // The reason alone: the host is its own field.
     const prefix = `cannot connect to ${describeUrl(url)}: `;
-    const message = errorMessage(error);
+    const message = messageOf(error);
     const reason = message.startsWith(prefix) ? message.slice(prefix.length) : message;
     return {
       url,

@@ -162,10 +162,14 @@ export function describeUrl(url: string): string {
   }
 }
 
-function messageOf(error: unknown): string {
+/** The first useful line of an error (node-postgres wraps several addresses in an AggregateError). */
+export function messageOf(error: unknown): string {
   if (error instanceof AggregateError && error.errors.length > 0) {
     return messageOf(error.errors[0]);
   }
-  if (error instanceof Error) return error.message || (error as { code?: string }).code || 'error';
+  if (error instanceof Error) {
+    const text = error.message || (error as { code?: string }).code || error.name;
+    return text.split('\n')[0] as string;
+  }
   return String(error);
 }
