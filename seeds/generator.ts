@@ -1,4 +1,8 @@
+import { GC_ACTOR } from '../src/jobs/garbage-collector.js';
 import { Random } from './random.js';
+
+/** The actor of GC's deletions, as the in-process collector logs them. */
+export { GC_ACTOR };
 
 /**
  * The deterministic story the seed tells: tenants of very different sizes, their
@@ -65,8 +69,6 @@ export interface SeedSession {
 
 export const IDLE_TIMEOUT_MS = 24 * 3_600_000;
 export const ABSOLUTE_TIMEOUT_MS = 7 * 24 * 3_600_000;
-/** The actor of GC's deletions, as the in-process collector logs them (src/jobs/garbage-collector.ts). */
-export const GC_ACTOR = 'pg-sessions:gc';
 export const TENANT_NAMES = [
   'acme',
   'globex',
