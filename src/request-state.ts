@@ -2,7 +2,7 @@ import type { Context } from 'koa';
 import type { PresentedToken } from './cookie.js';
 import type { StatementRunner } from './db/runner.js';
 import type { ConcurrencyMode } from './options.js';
-import { Session } from './session.js';
+import { Session, snapshotData } from './session.js';
 import type { SessionRecord } from './store.js';
 import { generateToken } from './token.js';
 
@@ -41,7 +41,9 @@ export class RequestState {
   currentSession(): Session | null {
     if (this.destroyed && !this.session) return null;
     if (!this.session) {
-      this.session = this.record ? new Session(this.record.data, false) : new Session({}, true);
+      this.session = this.record
+        ? new Session(this.record.snapshot ?? snapshotData(this.record.data), false)
+        : new Session(new Map(), true);
     }
     return this.session;
   }
@@ -49,7 +51,7 @@ export class RequestState {
   /** A brand-new session replaces whatever this request had, with a fresh token. */
   startNewSession(data: Record<string, unknown>): Session {
     if (this.record) this.destroyed = true;
-    this.session = new Session(data, true);
+    this.session = new Session(snapshotData(data), true, data);
     this.token = generateToken();
     this.rotate = false;
     return this.session;

@@ -1,13 +1,45 @@
 import { SessionDataError } from './errors.js';
 import { RESERVED_KEYS, serializeValue } from './serialize.js';
 
+/** One top-level value as loaded (or as last saved). */
+export interface LoadedValue {
+  readonly json: string;
+  /** What the key and value add to the session's size in bytes. */
+  readonly bytes: number;
+  /** Strings, numbers, booleans and null are shared; objects are parsed from `json` per request. */
+  readonly primitive: boolean;
+  readonly value: unknown;
+}
+
+/**
+ * The session data as loaded, key by key. Computed once per cached row, so a cache
+ * hit neither serialises the data again nor hands out objects another request could
+ * change in place.
+ */
+export type DataSnapshot = ReadonlyMap<string, LoadedValue>;
+
 /** What the middleware tracks about a session object, kept off its enumerable keys. */
 interface SessionInternals {
   isNew: boolean;
   maxAge: number | 'session' | undefined;
-  /** JSON of each top-level value as loaded (or as last saved). */
-  loaded: Map<string, string>;
+  loaded: DataSnapshot;
   forceSave: boolean;
+}
+
+/** The snapshot of stored (or just assigned) data; reserved and undefined values are left out. */
+export function snapshotData(data: Readonly<Record<string, unknown>>): DataSnapshot {
+  const snapshot = new Map<string, LoadedValue>();
+  for (const [key, value] of Object.entries(data)) {
+    if (value === undefined || RESERVED_KEYS.has(key)) continue;
+    const json = JSON.stringify(value);
+    snapshot.set(key, {
+      json,
+      bytes: Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(json) + 2,
+      primitive: value === null || typeof value !== 'object',
+      value,
+    });
+  }
+  return snapshot;
 }
 
 const internals = new WeakMap<Session, SessionInternals>();
@@ -31,19 +63,22 @@ export class Session {
   /** Session data: any JSON-faithful value under any key but the reserved ones. */
   [key: string]: unknown;
 
-  constructor(data: Readonly<Record<string, unknown>>, isNew: boolean) {
-    internals.set(this, { isNew, maxAge: undefined, loaded: new Map(), forceSave: false });
-    const loaded = internals.get(this)!.loaded;
-    for (const [key, value] of Object.entries(data)) {
-      // Stored data never gets to shadow the API or a prototype.
-      if (RESERVED_KEYS.has(key)) continue;
-      Object.defineProperty(this, key, {
-        value,
-        enumerable: true,
-        writable: true,
-        configurable: true,
-      });
-      loaded.set(key, JSON.stringify(value));
+  /**
+   * `values`: the objects to use as they are (data the app just assigned); else each
+   * value comes from the snapshot, objects as fresh copies.
+   */
+  constructor(loaded: DataSnapshot, isNew: boolean, values?: Readonly<Record<string, unknown>>) {
+    internals.set(this, { isNew, maxAge: undefined, loaded, forceSave: false });
+    const self = this as Record<string, unknown>;
+    if (values) {
+      for (const [key, value] of Object.entries(values)) {
+        // Stored data never gets to shadow the API or a prototype.
+        if (!RESERVED_KEYS.has(key)) self[key] = value;
+      }
+      return;
+    }
+    for (const [key, entry] of loaded) {
+      self[key] = entry.primitive ? entry.value : JSON.parse(entry.json);
     }
   }
 
@@ -117,18 +152,23 @@ export function collectChanges(session: Session): SessionChanges {
     if (value === undefined) continue;
     if (RESERVED_KEYS.has(key)) throw new SessionDataError('this key name is reserved', key);
     seen.add(key);
+    const before = state.loaded.get(key);
+    // The same string, number, boolean or null as loaded: unchanged, nothing to serialise.
+    if (before?.primitive && before.value === value) {
+      size += before.bytes;
+      continue;
+    }
     const json = serializeValue(value, key);
     size += Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(json) + 2;
-    const before = state.loaded.get(key);
-    if (before !== json) {
+    if (before?.json !== json) {
       patch[key] = JSON.parse(json);
-      expected.set(key, before);
+      expected.set(key, before?.json);
     }
   }
   for (const [key, before] of state.loaded) {
     if (!seen.has(key)) {
       removed.push(key);
-      expected.set(key, before);
+      expected.set(key, before.json);
     }
   }
   return { patch, removed, expected, size };
@@ -137,9 +177,7 @@ export function collectChanges(session: Session): SessionChanges {
 /** After a successful write the saved state is the new baseline. */
 export function markSaved(session: Session): void {
   const state = internals.get(session)!;
-  state.loaded = new Map(
-    Object.entries(session.toJSON()).map(([key, value]) => [key, JSON.stringify(value)]),
-  );
+  state.loaded = snapshotData(session.toJSON());
   state.forceSave = false;
   state.isNew = false;
 }

@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import { queryBuilder as db, type StatementRunner } from './db/runner.js';
+import type { DataSnapshot } from './session.js';
 
 /** A live session row, as the middleware and the cache hold it. */
 export interface SessionRecord {
@@ -15,6 +16,8 @@ export interface SessionRecord {
   readonly absoluteExpiresAt: Date;
   /** Computed by the database's clock at load: last_seen_at is older than the touch interval. */
   readonly touchDue: boolean;
+  /** `data` key by key, kept with cached rows (see {@link DataSnapshot}). */
+  readonly snapshot?: DataSnapshot;
 }
 
 /** One of a user's sessions, for a "your devices" page. Never carries data or the token. */

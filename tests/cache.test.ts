@@ -35,11 +35,23 @@ async function node(options: Partial<SessionOptions> = {}): Promise<TestApp> {
         Object.assign(ctx.session!, ctx.request.query);
         ctx.body = 'ok';
       });
+      router.post('/set-json', (ctx) => {
+        ctx.session!.cart = ['first'];
+        ctx.body = 'ok';
+      });
       router.get('/me', (ctx) => {
         ctx.body = { id: ctx.sessions.id, data: ctx.session!.toJSON() };
       });
       router.post('/revoke-user', async (ctx) => {
         ctx.body = await ctx.sessions.revokeUser(String(ctx.query.user));
+      });
+      router.post('/cart-then-fail', (ctx) => {
+        (ctx.session!.cart as string[]).push(String(ctx.query.item));
+        ctx.throw(500, 'the handler failed after changing the session');
+      });
+      router.post('/cart-bad-value', (ctx) => {
+        (ctx.session!.cart as unknown[]).push(() => 'not JSON');
+        ctx.body = 'ok';
       });
       router.post('/logout', (ctx) => {
         ctx.session = null;
@@ -83,6 +95,27 @@ test('a read-only request served from the cache does zero database round trips',
   t.deepEqual((response.body as { data: unknown }).data, { x: '1' });
   t.is(after.roundTrips - before.roundTrips, 0);
   t.is(after.cacheHits - before.cacheHits, 1);
+});
+
+test('a cached session is never changed by a request that did not save: nested mutations stay in that request', async (t) => {
+  const a = await node();
+  t.teardown(() => a.close());
+  const browser = new Browser(a.url);
+  await browser.post('/set?name=cart-owner');
+  // An array value: the next requests change it in place, as handlers do.
+  await browser.request('/set-json', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+  });
+  t.deepEqual(await dataOf(browser, a), { name: 'cart-owner', cart: ['first'] });
+  t.deepEqual(await dataOf(browser, a), { name: 'cart-owner', cart: ['first'] }, 'from the cache');
+  const hitsBefore = a.middleware.metrics.snapshot().cacheHits;
+
+  t.is((await browser.post('/cart-then-fail?item=unsaved')).status, 500);
+  // SessionDataError: a programming error, 500.
+  t.is((await browser.post('/cart-bad-value')).status, 500);
+  t.deepEqual(await dataOf(browser, a), { name: 'cart-owner', cart: ['first'] });
+  t.true(a.middleware.metrics.snapshot().cacheHits > hitsBefore, 'still served from the cache');
 });
 
 test('node B stops accepting a session within 2 s of revokeUser on node A', async (t) => {

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { snapshotData } from '../session.js';
 import type { SessionRecord } from '../store.js';
 
 export interface SessionCacheOptions {
@@ -57,7 +58,11 @@ export class SessionCache {
     if (announced !== undefined && announced > record.version) return;
     const current = this.#entries.get(cacheKey);
     if (current && current.version > record.version) return;
-    this.#entries.set(cacheKey, record);
+    // Cached rows are shared by every request: each gets its own copies from the snapshot.
+    this.#entries.set(
+      cacheKey,
+      record.snapshot ? record : { ...record, snapshot: snapshotData(record.data) },
+    );
   }
 
   /** The newest version a notification announced for this token (0 if none; Infinity if deleted). */
@@ -115,12 +120,9 @@ function key(tenantId: string, tokenHashHex: string): string {
   return `${tokenHashHex}:${tenantId}`;
 }
 
-/** A row's memory, roughly: its data as JSON plus the fixed columns. */
+/** A row's memory, roughly: its data (parsed and as JSON) plus the fixed columns. */
 function estimateBytes(record: SessionRecord): number {
-  return (
-    400 +
-    record.tenantId.length * 2 +
-    (record.userId?.length ?? 0) * 2 +
-    JSON.stringify(record.data).length * 2
-  );
+  let dataBytes = 0;
+  for (const entry of record.snapshot?.values() ?? []) dataBytes += entry.bytes;
+  return 400 + record.tenantId.length * 2 + (record.userId?.length ?? 0) * 2 + dataBytes * 4;
 }
