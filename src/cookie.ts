@@ -1,3 +1,4 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Context } from 'koa';
 import type { ResolvedCookieOptions } from './options.js';
 import { isWellFormedToken } from './token.js';
@@ -48,7 +49,7 @@ export function readToken(
   }
   const name = cookieName(ctx, options);
   const isSigned = signed(ctx, options);
-  const value = ctx.cookies.get(name, { signed: isSigned });
+  const value = isSigned ? signedCookie(ctx, name) : ctx.cookies.get(name, { signed: false });
   if (value === undefined) {
     // A cookie present without a valid signature is tampered (or signed with a retired key).
     const tampered = isSigned && ctx.cookies.get(name, { signed: false }) !== undefined;
@@ -57,6 +58,35 @@ export function readToken(
   return isWellFormedToken(value)
     ? { token: value, via: 'cookie', invalid: false }
     : { via: 'cookie', invalid: true };
+}
+
+/**
+ * The value of a signed cookie. When its signature is `app.keys[0]`'s (nearly every
+ * request) this costs one HMAC and a constant-time comparison, where `cookies`
+ * (keygrip with tsscmp) spends three HMACs and fresh random bytes. Everything else
+ * (a Keygrip instance as app.keys, a signature by an older key, a bad one) goes
+ * through `cookies` itself, which re-signs with the current key or drops the signature.
+ */
+function signedCookie(ctx: Context, name: string): string | undefined {
+  const keys: unknown = ctx.app.keys;
+  const current = Array.isArray(keys) ? (keys[0] as unknown) : undefined;
+  if (typeof current === 'string' || Buffer.isBuffer(current)) {
+    const value = ctx.cookies.get(name, { signed: false });
+    const signature = ctx.cookies.get(`${name}.sig`, { signed: false });
+    if (value !== undefined && signature !== undefined) {
+      const presented = Buffer.from(signature);
+      const expected = Buffer.from(keygripSignature(`${name}=${value}`, current));
+      if (presented.length === expected.length && timingSafeEqual(presented, expected)) {
+        return value;
+      }
+    }
+  }
+  return ctx.cookies.get(name, { signed: true });
+}
+
+/** keygrip's default signature: HMAC-SHA1 in URL-safe base64 without padding. */
+function keygripSignature(data: string, key: string | Buffer): string {
+  return createHmac('sha1', key).update(data).digest('base64url');
 }
 
 type Lifetime = number | 'session' | 'expired';

@@ -49,6 +49,23 @@ test('a tampered cookie signature gives a fresh session, never an error', async 
   t.deepEqual(response.body, { id: null, data: {} });
 });
 
+test('app.keys rotation: a cookie signed with an older key still works and is re-signed with the new one', async (t) => {
+  const browser = new Browser(app.url);
+  await browser.post('/login?user=rotating');
+  const token = browser.cookies.get('sid')!;
+  // As if this cookie had been signed before 'test key one' was put in front.
+  browser.cookies.set('sid.sig', new Keygrip(['test key two']).sign(`sid=${token}`));
+  const response = await browser.get('/whoami');
+  t.is(response.status, 200);
+  t.like(response.body, { data: { name: 'rotating' } });
+  t.is(browser.cookies.get('sid.sig'), new Keygrip(['test key one']).sign(`sid=${token}`));
+  t.like((await browser.get('/whoami')).body, { data: { name: 'rotating' } });
+
+  // Signed by a key the app no longer has: not accepted.
+  browser.cookies.set('sid.sig', new Keygrip(['a retired key']).sign(`sid=${token}`));
+  t.deepEqual((await browser.get('/whoami')).body, { id: null, data: {} });
+});
+
 test('1,000 random cookie values give fresh sessions and no 5xx', async (t) => {
   const keys = new Keygrip(['test key one', 'test key two']);
   const statuses = new Map<number, number>();
