@@ -12,6 +12,7 @@ import {
   type ReplicaSettings,
 } from './replicas.js';
 import { ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
+import type { WriteCeiling } from './write-ceiling.js';
 
 export const PARTS = ['http', 'notify', 'replicas'] as const;
 export type Part = (typeof PARTS)[number];
@@ -42,6 +43,8 @@ export interface BenchReport {
     readonly replicas?: ReplicaSettings;
   };
   readonly http?: readonly HttpCell[];
+  /** The database's own ceiling for session writes (with the http part). */
+  readonly writeCeiling?: WriteCeiling;
   readonly notify?: NotifyResult;
   readonly replicas?: ReplicaResult;
 }
@@ -63,6 +66,14 @@ export function failures(report: BenchReport): string[] {
   expect('notify', report.notify !== undefined);
   expect('replicas', report.replicas !== undefined);
   if (report.http) problems.push(...httpFailures(report.http));
+  if (report.http) {
+    const ceiling = report.writeCeiling;
+    if (!ceiling || !(ceiling.writes > 0 && ceiling.writesPerSecond > 0)) {
+      problems.push('write ceiling: no writes measured');
+    } else if (ceiling.lost > 0) {
+      problems.push(`write ceiling: ${ceiling.lost} writes matched no session`);
+    }
+  }
   if (report.notify && report.settings.notify) {
     problems.push(...notifyFailures(report.notify, report.settings.notify));
   }
@@ -175,7 +186,10 @@ export function renderResults(report: BenchReport): Map<string, string> {
   blocks.set('run', renderRun(report));
   const stamp = `Measured by \`${report.command}\` at ${report.at.slice(0, 16).replace('T', ' ')} UTC.`;
   if (report.http && report.settings.http) {
-    blocks.set('http', renderHttp(report.http, report.settings.http, report.machine, stamp));
+    blocks.set(
+      'http',
+      renderHttp(report.http, report.settings.http, report.machine, stamp, report.writeCeiling),
+    );
   }
   if (report.notify) blocks.set('notify', renderNotify(report.notify, stamp));
   if (report.replicas && report.settings.replicas) {
@@ -200,6 +214,7 @@ function renderHttp(
   settings: HttpSettings,
   machine: Machine,
   stamp: string,
+  ceiling: WriteCeiling | undefined,
 ): string {
   const rows: string[] = [];
   for (const mix of MIXES) {
@@ -232,9 +247,30 @@ ${ratios(cells)
   .map((line) => `- ${line}`)
   .join('\n')}
 
+${ceiling ? `\n${renderCeiling(cells, ceiling, settings)}\n` : ''}
 #### Where the CPU went
 
 ${saturation(cells, machine.cpus)}`;
+}
+
+/** What the database alone can commit, and what that allows each mix at most. */
+function renderCeiling(
+  cells: readonly HttpCell[],
+  ceiling: WriteCeiling,
+  settings: HttpSettings,
+): string {
+  const lines = MIXES.map(({ name, writeShare }) => {
+    const bound = ceiling.writesPerSecond / writeShare;
+    const cookie = find(cells, 'koa-session', name)?.requestsPerSecond ?? Number.NaN;
+    const bare = find(cells, 'bare', name)?.requestsPerSecond ?? Number.NaN;
+    const ours = find(cells, 'pg-sessions-cache', name)?.requestsPerSecond ?? Number.NaN;
+    return `- ${name} (${Math.round(writeShare * 100)} % writes): at most ${Math.round(bound)} req/s for any layer that commits each change, ${fixed(bound / bare, 2)}× bare Koa and ${fixed(bound / cookie, 2)}× koa-session's cookie store; pg-sessions with the cache reached ${fixed(ours / bound, 2)} of that bound.`;
+  });
+  return `#### The database's ceiling for session writes
+
+The same PostgreSQL, with no HTTP and no Koa: ${settings.connections} concurrent writers changing one key of one of ${settings.sessions} sessions through the middleware's own store and statement (settings, UPDATE with its version, event and NOTIFY triggers, COMMIT) over a pool of the middleware's default size: **${Math.round(ceiling.writesPerSecond)} writes/s** (p50 ${fixed(ceiling.latencyMs.p50, 1)} ms, p99 ${fixed(ceiling.latencyMs.p99, 1)} ms). A layer that writes every change durably can serve at most that divided by its share of writing requests:
+
+${lines.join('\n')}`;
 }
 
 function ratios(cells: readonly HttpCell[]): string[] {

@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { DEFAULT_POOL_SIZE } from '../src/options.js';
 import {
   type Cluster,
   createTestDatabase,
@@ -49,6 +50,7 @@ import {
   type Part,
   renderResults,
 } from './report.js';
+import { runWriteCeiling, type WriteCeiling } from './write-ceiling.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -163,6 +165,7 @@ async function runSingleServerParts(
 ): Promise<{
   facts: { version: string; settings: string; backend: string };
   cells?: HttpCell[];
+  writeCeiling?: WriteCeiling;
   notify?: NotifyResult;
 }> {
   const ownServer = await startPostgres();
@@ -181,6 +184,18 @@ async function runSingleServerParts(
           log,
         )
       : undefined;
+    let writeCeiling: WriteCeiling | undefined;
+    if (parts.includes('http')) {
+      const database = await createTestDatabase();
+      try {
+        writeCeiling = await runWriteCeiling({ ...http, poolSize: DEFAULT_POOL_SIZE }, database);
+      } finally {
+        await database.drop();
+      }
+      log(
+        `write ceiling: ${Math.round(writeCeiling.writesPerSecond)} session writes/s, p99 ${writeCeiling.latencyMs.p99.toFixed(1)} ms`,
+      );
+    }
     let notifyResult: NotifyResult | undefined;
     if (parts.includes('notify')) {
       const database = await createTestDatabase();
@@ -196,6 +211,7 @@ async function runSingleServerParts(
     return {
       facts: { ...facts, backend: ownServer ? ownServer.binaries.source : server.backend },
       ...(cells ? { cells } : {}),
+      ...(writeCeiling ? { writeCeiling } : {}),
       ...(notifyResult ? { notify: notifyResult } : {}),
     };
   } finally {
@@ -268,6 +284,7 @@ try {
       ...(parts.includes('replicas') ? { replicas } : {}),
     },
     ...(single?.cells ? { http: single.cells } : {}),
+    ...(single?.writeCeiling ? { writeCeiling: single.writeCeiling } : {}),
     ...(single?.notify ? { notify: single.notify } : {}),
     ...(replicaResult ? { replicas: replicaResult } : {}),
   };
