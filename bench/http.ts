@@ -1,6 +1,6 @@
 // HTTP throughput and latency of one Koa app process (bench/app-server.ts) under load
 // from another process (bench/load.ts, autocannon): four session layers side by side,
-// two mixes, the same handlers, the same machine, one run. Started by bench/run.ts.
+// three mixes, the same handlers, the same machine, one run. Started by bench/run.ts.
 import { readdirSync, readFileSync } from 'node:fs';
 import type { TestDatabase } from '../src/testing/index.js';
 import type { AppStats } from './app-server.js';
@@ -9,6 +9,8 @@ import type { LoadResult, LoadRun } from './load.js';
 import { VARIANTS, type Variant } from './variants.js';
 
 export const MIXES = [
+  // Not one of issue 5's mixes: it shows the read path alone, without any commit.
+  { name: 'read-only', writeShare: 0 },
   { name: 'read-mostly', writeShare: 0.1 },
   { name: 'write-heavy', writeShare: 0.5 },
 ] as const;

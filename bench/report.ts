@@ -233,8 +233,8 @@ function renderHttp(
   return `### HTTP throughput of one app process
 
 ${stamp} ${settings.sessions} live sessions, ${settings.connections} connections, ${length}.
-read-mostly: 90 % of requests only read the session (GET), 10 % change one key (POST);
-write-heavy: 50/50. Every request names one of the live sessions at random; the load
+read-only: every request only reads the session (GET); read-mostly: 90 % of requests only
+read it, 10 % change one key (POST); write-heavy: 50/50. Every request names one of the live sessions at random; the load
 generator keeps each session's cookies as a browser would.
 
 | mix | variant | req/s | vs bare Koa | p50 ms | p99 ms | DB round trips / request | cache hit ratio | CPU cores busy: app / PostgreSQL / autocannon | app CPU µs / request |
@@ -259,7 +259,7 @@ function renderCeiling(
   ceiling: WriteCeiling,
   settings: HttpSettings,
 ): string {
-  const lines = MIXES.map(({ name, writeShare }) => {
+  const lines = MIXES.filter(({ writeShare }) => writeShare > 0).map(({ name, writeShare }) => {
     const bound = ceiling.writesPerSecond / writeShare;
     const cookie = find(cells, 'koa-session', name)?.requestsPerSecond ?? Number.NaN;
     const bare = find(cells, 'bare', name)?.requestsPerSecond ?? Number.NaN;
@@ -278,9 +278,10 @@ function ratios(cells: readonly HttpCell[]): string[] {
   const cookie = (mix: MixName) => find(cells, 'koa-session', mix);
   const verdict = (met: boolean) => (met ? '**met**' : '**not met**');
   const readMostly = cached('read-mostly')?.ratioToBare ?? Number.NaN;
+  const readOnly = cached('read-only');
   return [
     `target: pg-sessions with the cache ≥ 0.7× bare Koa, read-mostly: ${fixed(readMostly, 2)}× — ${verdict(readMostly >= 0.7)}`,
-    ...MIXES.map(({ name }) => {
+    ...MIXES.filter(({ writeShare }) => writeShare > 0).map(({ name }) => {
       const ours = cached(name)?.requestsPerSecond ?? Number.NaN;
       const theirs = cookie(name)?.requestsPerSecond ?? Number.NaN;
       return `target: pg-sessions with the cache ahead of koa-session's cookie store, ${name}: ${Math.round(ours)} vs ${Math.round(theirs)} req/s (${fixed(ours / theirs, 2)}×) — ${verdict(ours > theirs)}`;
@@ -290,6 +291,7 @@ function ratios(cells: readonly HttpCell[]): string[] {
       const on = cached(name)?.requestsPerSecond ?? Number.NaN;
       return `the cache's own effect, ${name}: cache on / cache off ${fixed(on / off, 2)}×`;
     }),
+    `no target, the read path alone (read-only): pg-sessions with the cache ${fixed(readOnly?.ratioToBare, 2)}× bare Koa and ${fixed((readOnly?.requestsPerSecond ?? Number.NaN) / (cookie('read-only')?.requestsPerSecond ?? Number.NaN), 2)}× koa-session's cookie store`,
   ];
 }
 
@@ -298,12 +300,15 @@ function saturation(cells: readonly HttpCell[], cpus: number): string {
   const busiest = [...cells].sort((x, y) => totalCores(y.cpuCores) - totalCores(x.cpuCores))[0];
   const bare = find(cells, 'bare', 'read-mostly');
   const cached = find(cells, 'pg-sessions-cache', 'read-mostly');
+  const perRead = (variant: Variant) =>
+    Math.round(find(cells, variant, 'read-only')?.appCpuMicrosPerRequest ?? Number.NaN);
   const lines = [
     `The machine has ${cpus} CPUs. The busiest cell (${busiest ? `${busiest.variant} ${busiest.mix}` : '—'}) kept ${fixed(busiest && totalCores(busiest.cpuCores), 2)} cores busy between the app, PostgreSQL and autocannon, so every cell competes with its own load generator and database for the same cores; other processes on a shared machine are not counted at all.`,
   ];
   if (bare && cached) {
     lines.push(
       `Per request, the app process spent ${Math.round(bare.appCpuMicrosPerRequest)} µs of CPU with bare Koa and ${Math.round(cached.appCpuMicrosPerRequest)} µs with pg-sessions and its cache (read-mostly). Their ratio (${fixed(bare.appCpuMicrosPerRequest / cached.appCpuMicrosPerRequest, 2)}×) is the throughput ratio the app process would approach with a core of its own and the database elsewhere; it does not depend on how this run shared the cores.`,
+      `A request that only reads (read-only mix) cost the app ${perRead('bare')} µs with bare Koa, ${perRead('koa-session')} µs with koa-session's cookie store and ${perRead('pg-sessions-cache')} µs with pg-sessions and its cache; the rest of a read-mostly request's cost is its share of the writes.`,
     );
   }
   return lines.join('\n');
