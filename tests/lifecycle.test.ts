@@ -60,16 +60,19 @@ async function appWith(options: Parameters<typeof startApp>[0]): Promise<TestApp
 }
 
 test('idle expiry: a session unused for longer than idleTimeout is gone', async (t) => {
-  const app = await appWith({ database: db.appUrl, idleTimeout: 800, touchInterval: 0 });
+  // Wide margins: the steps only need to be shorter than idleTimeout on a loaded machine.
+  const app = await appWith({ database: db.appUrl, idleTimeout: 2_000, touchInterval: 0 });
   t.teardown(() => app.close());
   const browser = new Browser(app.url);
   await browser.post('/set?a=1');
-  // Activity within the idle window keeps it alive (sliding expiry).
+  // Activity within the idle window keeps it alive (sliding expiry): three steps of
+  // 1 s outlive the 2 s timeout only because each request's touch slid it forward.
   for (let step = 0; step < 3; step++) {
-    await new Promise((resolve) => setTimeout(resolve, 400));
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
     t.deepEqual(((await browser.get('/get')).body as { data: unknown }).data, { a: '1' });
+    await app.middleware.flushTouches();
   }
-  await new Promise((resolve) => setTimeout(resolve, 1100));
+  await new Promise((resolve) => setTimeout(resolve, 2_300));
   t.deepEqual(((await browser.get('/get')).body as { data: unknown }).data, {});
 });
 
