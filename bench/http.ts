@@ -242,10 +242,15 @@ export function postgresCpuMicros(postmasterPid: number | undefined): number | u
       } catch {
         continue;
       }
-      // Fields after the parenthesised command: state, ppid, … utime (14th), stime (15th).
+      // Fields after the parenthesised command: state, ppid, … utime (14th), stime (15th),
+      // cutime (16th), cstime (17th): the CPU of children that have exited and been
+      // reaped. Counting the postmaster's keeps a backend that ends mid-run from taking
+      // its CPU time out of the sum.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       const pid = Number(entry);
-      if (pid === postmasterPid || Number(fields[1]) === postmasterPid) {
+      if (pid === postmasterPid) {
+        ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      } else if (Number(fields[1]) === postmasterPid) {
         ticks += Number(fields[11]) + Number(fields[12]);
       }
     }
