@@ -24,7 +24,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { DEFAULT_POOL_SIZE } from '../src/options.js';
 import {
   type Cluster,
   createTestDatabase,
@@ -188,7 +187,7 @@ async function runSingleServerParts(
     if (parts.includes('http')) {
       const database = await createTestDatabase();
       try {
-        writeCeiling = await runWriteCeiling({ ...http, poolSize: DEFAULT_POOL_SIZE }, database);
+        writeCeiling = await runWriteCeiling(http, database);
       } finally {
         await database.drop();
       }

@@ -2,23 +2,21 @@
 // `connections` concurrent writers in this process change one key of one of
 // `sessions` live sessions at a time, through the store and the pool runner the
 // middleware uses (so the very statement: tenant and actor settings, the UPDATE with
-// its version, event and NOTIFY triggers, COMMIT, the commit LSN), over a pool of the
-// middleware's default size, with no HTTP, Koa or cache in between. A session layer
+// its version, event and NOTIFY triggers, COMMIT, the commit LSN), on the engine the
+// middleware builds from its default options, with no HTTP, Koa or cache in between. A session layer
 // that commits every change durably cannot write faster than this on the same
 // machine: with a share w of requests writing, it cannot serve more than ceiling / w
 // requests per second, however cheap its reads.
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
-import { PoolRunner } from '../src/db/runner.js';
-import { type SessionRecord, SessionStore } from '../src/store.js';
+import { SessionEngine } from '../src/engine.js';
+import { resolveOptions } from '../src/options.js';
+import type { SessionRecord } from '../src/store.js';
 import type { TestDatabase } from '../src/testing/index.js';
 import { hashToken } from '../src/token.js';
 
 export interface WriteCeilingSettings {
   readonly sessions: number;
   readonly connections: number;
-  /** Connections to the database (the middleware's default poolSize). */
-  readonly poolSize: number;
   /** Measured seconds, after `warmupSeconds`; or a fixed number of writes (smoke). */
   readonly durationSeconds: number;
   readonly warmupSeconds: number;
@@ -39,19 +37,14 @@ export async function runWriteCeiling(
   settings: WriteCeilingSettings,
   database: TestDatabase,
 ): Promise<WriteCeiling> {
-  const pool = new pg.Pool({ connectionString: database.appUrl, max: settings.poolSize });
-  pool.on('error', () => {});
+  // The middleware's defaults (pool size, timeouts, expiry), without the cache and GC.
+  const engine = new SessionEngine(
+    resolveOptions({ database: database.appUrl, cache: false, gc: false }),
+  );
+  await engine.start();
   try {
-    const store = new SessionStore({
-      idleTimeoutMs: 86_400_000,
-      absoluteTimeoutMs: 7 * 86_400_000,
-      touchIntervalMs: 60_000,
-    });
-    const runner = new PoolRunner(
-      () => pool,
-      () => pool,
-      { tenant: TENANT, actor: 'bench:ceiling' },
-    );
+    const { store } = engine;
+    const runner = engine.runner({ tenant: TENANT, actor: 'bench:ceiling' });
     const sessions: SessionRecord[] = [];
     for (let index = 0; index < settings.sessions; index++) {
       const tokenHash = hashToken(randomBytes(32).toString('base64url'));
@@ -114,6 +107,6 @@ export async function runWriteCeiling(
       lost,
     };
   } finally {
-    await pool.end();
+    await engine.close();
   }
 }

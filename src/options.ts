@@ -156,9 +156,6 @@ export interface ResolvedOptions {
 const MODES: readonly ConcurrencyMode[] = ['merge', 'strict', 'lock'];
 const TRANSACTION_MODES: readonly TransactionMode[] = ['none', 'request'];
 
-/** Connections per pool when the middleware makes its own (`poolSize`). */
-export const DEFAULT_POOL_SIZE = 10;
-
 /** Applies the defaults and validates; the caller's object is never modified. */
 export function resolveOptions(options: SessionOptions = {}): ResolvedOptions {
   const database = options.database ?? process.env.DATABASE_URL;
@@ -219,7 +216,7 @@ export function resolveOptions(options: SessionOptions = {}): ResolvedOptions {
     ),
     statementTimeout: duration('statementTimeout', options.statementTimeout, 5_000),
     connectTimeout: duration('connectTimeout', options.connectTimeout, 5_000),
-    poolSize: duration('poolSize', options.poolSize, DEFAULT_POOL_SIZE),
+    poolSize: duration('poolSize', options.poolSize, 10),
     checkSchema: options.checkSchema ?? true,
     cache:
       options.cache === false
