@@ -137,7 +137,7 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
     state.record = record;
     state.destroyed = false;
     state.fence = fence;
-    markSaved(session);
+    markSaved(session, changes.baseline);
     remember(engine, state, record, epoch);
     if (cookieTransport) writeCookie(ctx, options.cookie, state.token, session.maxAge);
     if (cookieTransport && engine.hasReplicas)
@@ -198,7 +198,7 @@ export async function commitSession(engine: SessionEngine, state: RequestState):
   if (state.rotate) forget(engine, loaded);
   state.record = saved;
   state.fence = fence;
-  markSaved(session);
+  markSaved(session, changes.baseline);
   remember(engine, state, saved, epoch);
   if (cookieTransport && (state.rotate || isForcedSave(session) || session.maxAge !== undefined)) {
     writeCookie(ctx, options.cookie, state.token!, session.maxAge);

@@ -31,15 +31,18 @@ export function snapshotData(data: Readonly<Record<string, unknown>>): DataSnaps
   const snapshot = new Map<string, LoadedValue>();
   for (const [key, value] of Object.entries(data)) {
     if (value === undefined || RESERVED_KEYS.has(key)) continue;
-    const json = JSON.stringify(value);
-    snapshot.set(key, {
-      json,
-      bytes: Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(json) + 2,
-      primitive: value === null || typeof value !== 'object',
-      value,
-    });
+    snapshot.set(key, loadedValue(key, value, JSON.stringify(value)));
   }
   return snapshot;
+}
+
+function loadedValue(key: string, value: unknown, json: string): LoadedValue {
+  return {
+    json,
+    bytes: Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(json) + 2,
+    primitive: value === null || typeof value !== 'object',
+    value,
+  };
 }
 
 const internals = new WeakMap<Session, SessionInternals>();
@@ -52,6 +55,8 @@ export interface SessionChanges {
   readonly expected: Map<string, string | undefined>;
   /** UTF-8 bytes of the whole session as this request sees it. */
   readonly size: number;
+  /** The data as this write stores it: the session's new baseline once saved. */
+  readonly baseline: DataSnapshot;
 }
 
 /**
@@ -145,39 +150,45 @@ export function collectChanges(session: Session): SessionChanges {
   const patch: Record<string, unknown> = {};
   const removed: string[] = [];
   const expected = new Map<string, string | undefined>();
-  const seen = new Set<string>();
+  const baseline = new Map<string, LoadedValue>();
   let size = 2;
   for (const key of Object.getOwnPropertyNames(session)) {
     const value = (session as unknown as Record<string, unknown>)[key];
     if (value === undefined) continue;
     if (RESERVED_KEYS.has(key)) throw new SessionDataError('this key name is reserved', key);
-    seen.add(key);
     const before = state.loaded.get(key);
     // The same string, number, boolean or null as loaded: unchanged, nothing to serialise.
     if (before?.primitive && before.value === value) {
       size += before.bytes;
+      baseline.set(key, before);
       continue;
     }
     const json = serializeValue(value, key);
-    size += Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(json) + 2;
-    if (before?.json !== json) {
-      patch[key] = JSON.parse(json);
-      expected.set(key, before?.json);
+    if (before?.json === json) {
+      size += before.bytes;
+      baseline.set(key, before);
+      continue;
     }
+    const stored = JSON.parse(json) as unknown;
+    const entry = loadedValue(key, stored, json);
+    size += entry.bytes;
+    baseline.set(key, entry);
+    patch[key] = stored;
+    expected.set(key, before?.json);
   }
   for (const [key, before] of state.loaded) {
-    if (!seen.has(key)) {
+    if (!baseline.has(key)) {
       removed.push(key);
       expected.set(key, before.json);
     }
   }
-  return { patch, removed, expected, size };
+  return { patch, removed, expected, size, baseline };
 }
 
-/** After a successful write the saved state is the new baseline. */
-export function markSaved(session: Session): void {
+/** After a successful write, what it stored (not what the object holds by then) is the baseline. */
+export function markSaved(session: Session, baseline: DataSnapshot): void {
   const state = internals.get(session)!;
-  state.loaded = snapshotData(session.toJSON());
+  state.loaded = baseline;
   state.forceSave = false;
   state.isNew = false;
 }
