@@ -66,6 +66,34 @@ test('app.keys rotation: a cookie signed with an older key still works and is re
   t.deepEqual((await browser.get('/whoami')).body, { id: null, data: {} });
 });
 
+test('a Keygrip instance as app.keys (its own algorithm) signs and verifies the session cookie', async (t) => {
+  const keys = new Keygrip(['instance key'], 'sha256');
+  const own = await startApp(
+    { database: db.appUrl },
+    (router) => {
+      router.post('/login', (ctx) => {
+        ctx.session!.name = String(ctx.query.user);
+        ctx.body = 'ok';
+      });
+      router.get('/whoami', (ctx) => {
+        ctx.body = { data: ctx.session?.toJSON() ?? null };
+      });
+    },
+    (koa) => {
+      koa.keys = keys as unknown as string[];
+    },
+  );
+  t.teardown(() => own.close());
+  const browser = new Browser(own.url);
+  await browser.post('/login?user=grip');
+  const token = browser.cookies.get('sid')!;
+  t.is(browser.cookies.get('sid.sig'), keys.sign(`sid=${token}`), 'signed with SHA-256');
+  t.deepEqual((await browser.get('/whoami')).body, { data: { name: 'grip' } });
+  // The default SHA-1 signature with the same secret is not this app's signature.
+  browser.cookies.set('sid.sig', new Keygrip(['instance key']).sign(`sid=${token}`));
+  t.deepEqual((await browser.get('/whoami')).body, { data: {} });
+});
+
 test('1,000 random cookie values give fresh sessions and no 5xx', async (t) => {
   const keys = new Keygrip(['test key one', 'test key two']);
   const statuses = new Map<number, number>();
