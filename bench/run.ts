@@ -30,6 +30,7 @@ import {
   PostgresServer,
   startCluster,
   stopTestServer,
+  type TestDatabase,
   testServer,
 } from '../src/testing/index.js';
 import { Child } from './child.js';
@@ -185,24 +186,14 @@ async function runSingleServerParts(
       : undefined;
     let writeCeiling: WriteCeiling | undefined;
     if (parts.includes('http')) {
-      const database = await createTestDatabase();
-      try {
-        writeCeiling = await runWriteCeiling(http, database);
-      } finally {
-        await database.drop();
-      }
+      writeCeiling = await onFreshDatabase((database) => runWriteCeiling(http, database));
       log(
         `write ceiling: ${Math.round(writeCeiling.writesPerSecond)} session writes/s, p99 ${writeCeiling.latencyMs.p99.toFixed(1)} ms`,
       );
     }
     let notifyResult: NotifyResult | undefined;
     if (parts.includes('notify')) {
-      const database = await createTestDatabase();
-      try {
-        notifyResult = await runNotifyLatency(notify, database);
-      } finally {
-        await database.drop();
-      }
+      notifyResult = await onFreshDatabase((database) => runNotifyLatency(notify, database));
       log(
         `notification to eviction: median ${notifyResult.latencyMs.median.toFixed(2)} ms, p99 ${notifyResult.latencyMs.p99.toFixed(2)} ms (${notifyResult.samples} samples)`,
       );
@@ -217,6 +208,16 @@ async function runSingleServerParts(
     await stopTestServer();
     await ownServer?.destroy();
     if (ownServer) delete process.env.PG_TEST_URL;
+  }
+}
+
+/** Runs `work` on a migrated database of its own, dropped afterwards. */
+async function onFreshDatabase<T>(work: (database: TestDatabase) => Promise<T>): Promise<T> {
+  const database = await createTestDatabase();
+  try {
+    return await work(database);
+  } finally {
+    await database.drop();
   }
 }
 
