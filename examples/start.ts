@@ -1,22 +1,51 @@
 // `npm start`: the demo on DATABASE_URL, or on an embedded PostgreSQL kept in .data/.
+import { createServer, type Server } from 'node:http';
+import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadSeed } from '../seeds/load.js';
-import { migrate } from '../src/index.js';
+import { migrate, type SessionMiddleware } from '../src/index.js';
 import { PostgresServer } from '../src/testing/index.js';
 import { createDemoApp } from './app.js';
+import {
+  claimInstance,
+  type InstanceClaim,
+  rememberedPort,
+  rememberPort,
+  stopOrphanedPostmaster,
+} from './instance.js';
 
 /** Weeks of history in other tenants, so `pg-sessions report …` has something to show. */
 const DEMO_HISTORY_SESSIONS = 20_000;
 
 const DEMO_ROLE = 'pgs_demo_app';
 
-async function databaseUrl(): Promise<{ url: string; server?: PostgresServer }> {
-  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL };
-  const dataDir = fileURLToPath(new URL('../.data/postgres', import.meta.url));
-  process.stdout.write(`starting embedded PostgreSQL in ${dataDir} …\n`);
-  const server = await PostgresServer.start({ dataDir });
-  return { url: server.url('postgres'), server };
+/** The state folder: the embedded server's data, its port, and the running demo's pid. */
+const stateDir = resolve(
+  process.env.DEMO_DATA_DIR || fileURLToPath(new URL('../.data', import.meta.url)),
+);
+
+/** A failure the user can act on: printed as one line, without a stack. */
+class DemoError extends Error {}
+
+async function embeddedServer(): Promise<PostgresServer> {
+  const dataDir = join(stateDir, 'postgres');
+  const orphan = await stopOrphanedPostmaster(dataDir);
+  if (orphan) {
+    say(`stopped the embedded PostgreSQL (pid ${orphan}) that a killed demo left running`);
+  }
+  const port = await rememberedPort(stateDir);
+  say(`starting embedded PostgreSQL in ${dataDir} …`);
+  // On the remembered port when it is free; when another program holds it, on a free one.
+  const server = await PostgresServer.start({ dataDir, ...(port ? { port } : {}) });
+  if (port && server.port !== port) {
+    say(
+      `port ${port} (remembered in ${join(stateDir, 'postgres.port')}) is taken by another ` +
+        `program: the embedded PostgreSQL now uses port ${server.port} and keeps it`,
+    );
+  }
+  await rememberPort(stateDir, server.port);
+  return server;
 }
 
 /** The middleware connects as a login role of sessions_app, so row-level security applies. */
@@ -44,38 +73,106 @@ async function seedOnce(adminUrl: string): Promise<void> {
     .finally(() => client.end());
   if (seeded.rowCount) return;
   const result = await loadSeed(adminUrl, { sessions: DEMO_HISTORY_SESSIONS });
-  process.stdout.write(
-    `seeded ${result.sessions} sessions of history (${result.events} events) in ${result.tenants.join(', ')}: ` +
-      `try \`DATABASE_URL=${adminUrl} npx pg-sessions report daily_session_counts\`\n`,
+  say(
+    `seeded ${result.sessions} sessions of history (${result.events} events) in ${result.tenants.join(', ')}`,
   );
 }
 
-const { url, server } = await databaseUrl();
-const migrated = await migrate(url, 'up', { onOutput: (text) => process.stdout.write(text) });
-if (migrated.exitCode !== 0) {
-  process.stderr.write('migration failed\n');
-  process.exit(1);
+/** Listens on PORT, answering a port held by another program with a sentence. */
+function listen(server: Server, port: number): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new DemoError(
+              `port ${port} is taken by another program: set PORT to a free one (PORT=0 picks one)`,
+            )
+          : error,
+      );
+    });
+    server.listen(port, '127.0.0.1', () => {
+      const address = server.address();
+      resolvePort(typeof address === 'object' && address ? address.port : port);
+    });
+  });
 }
-if (server) await seedOnce(url);
-const { app, middleware } = createDemoApp({
-  database: server ? await appRoleUrl(url) : url,
-});
-await middleware.start();
-const port = Number(process.env.PORT ?? 3000);
-const http = app.listen(port, '127.0.0.1', () => {
-  const address = http.address();
-  const actualPort = typeof address === 'object' && address ? address.port : port;
-  process.stdout.write(`pg-sessions demo on http://localhost:${actualPort}/ (Ctrl-C to stop)\n`);
-});
 
-let stopping = false;
-async function shutdown(): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  http.close();
-  await middleware.close();
-  await server?.stop();
-  process.exit(0);
+/** A URL fit to print: a password, if the URL has one, is not echoed to the terminal. */
+function printable(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = '****';
+  return parsed.toString();
 }
-process.on('SIGINT', shutdown);
-process.on('SIGTERM', shutdown);
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+// What this start has brought up, torn down in reverse on Ctrl-C, SIGTERM or a failure.
+let claim: InstanceClaim | undefined;
+let server: PostgresServer | undefined;
+let middleware: SessionMiddleware | undefined;
+let http: Server | undefined;
+let stopping: Promise<void> | undefined;
+
+function shutdown(exitCode: number): Promise<void> {
+  stopping ??= (async () => {
+    if (http?.listening) {
+      http.closeAllConnections();
+      http.close();
+    }
+    await middleware?.close().catch(() => {});
+    await server?.stop().catch(() => {});
+    claim?.release();
+    process.exit(exitCode);
+  })();
+  return stopping;
+}
+process.on('SIGINT', () => void shutdown(0));
+process.on('SIGTERM', () => void shutdown(0));
+// However the process ends (short of SIGKILL), the pid file goes with it.
+process.on('exit', () => claim?.release());
+
+async function main(): Promise<void> {
+  const claimed = await claimInstance(stateDir, basename(fileURLToPath(import.meta.url)));
+  if ('running' in claimed) {
+    const { pid, appUrl } = claimed.running;
+    throw new DemoError(
+      `the demo is already ${appUrl ? `running on ${appUrl}` : 'starting'} (pid ${pid}); ` +
+        `stop it first, or set DEMO_DATA_DIR to run another one`,
+    );
+  }
+  claim = claimed.claim;
+  if (!process.env.DATABASE_URL) server = await embeddedServer();
+  const url = server ? server.url('postgres') : process.env.DATABASE_URL!;
+  const migrated = await migrate(url, 'up', { onOutput: (text) => process.stdout.write(text) });
+  if (migrated.exitCode !== 0) throw new DemoError('migration failed');
+  if (server) await seedOnce(url);
+  const demo = createDemoApp({ database: server ? await appRoleUrl(url) : url });
+  middleware = demo.middleware;
+  await middleware.start();
+  http = createServer(demo.app.callback());
+  const port = await listen(http, httpPort());
+  const appUrl = `http://localhost:${port}/`;
+  await claim.publish(appUrl);
+  say(`pg-sessions demo on ${appUrl} (pid ${process.pid}; Ctrl-C to stop)`);
+  say(`reports: DATABASE_URL='${printable(url)}' npx pg-sessions report daily_session_counts`);
+}
+
+function httpPort(): number {
+  const port = Number(process.env.PORT ?? 3000);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new DemoError(`PORT must be a port number (0 picks a free one), not ${process.env.PORT}`);
+  }
+  return port;
+}
+
+try {
+  await main();
+} catch (error) {
+  // A setup problem is one line; anything else keeps its stack under NODE_DEBUG.
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`pg-sessions demo: ${message}\n`);
+  if (!(error instanceof DemoError) && process.env.NODE_DEBUG) console.error(error);
+  await shutdown(1);
+}

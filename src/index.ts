@@ -48,6 +48,7 @@ export type {
   TimingName,
   TimingSnapshot,
 } from './metrics.js';
+export { TIMING_BUCKETS } from './metrics.js';
 export { type SessionMiddleware, sessions } from './middleware.js';
 export type {
   CacheOptions,

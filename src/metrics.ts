@@ -23,6 +23,21 @@ const COUNTERS = [
 
 const TIMINGS = ['load', 'save', 'touchFlush', 'gc'] as const;
 
+/**
+ * Upper bounds of the timing histograms, in seconds, shared by every timing so they
+ * compare bucket for bucket. A 1-2.5-5 series from 100 µs to 10 s: a load or save on a
+ * nearby primary takes 0.2-2 ms and needs resolution below a millisecond (Prometheus'
+ * default buckets start at 5 ms and would put every healthy request in the first one);
+ * a row-lock wait, a failover retry or a large touch flush lands in tens to hundreds of
+ * milliseconds; a garbage collection pass over many batches takes seconds. Slower than
+ * 10 s only counts towards `+Inf`.
+ */
+export const TIMING_BUCKETS: readonly number[] = Object.freeze([
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+]);
+
+const BUCKET_BOUNDS_MS = Float64Array.from(TIMING_BUCKETS, (seconds) => seconds * 1000);
+
 export type CounterName = (typeof COUNTERS)[number];
 export type TimingName = (typeof TIMINGS)[number];
 
@@ -31,6 +46,19 @@ export interface TimingSnapshot {
   readonly count: number;
   readonly totalMs: number;
   readonly maxMs: number;
+  /**
+   * Operations that took at most each bound of `TIMING_BUCKETS`, cumulative as
+   * Prometheus counts them (the last equals `count` unless some took longer than 10 s).
+   */
+  readonly buckets: readonly number[];
+}
+
+/** One timing's running totals; `perBucket[i]` counts durations in (bound i-1, bound i], the last slot the rest. */
+interface TimingState {
+  count: number;
+  totalMs: number;
+  maxMs: number;
+  readonly perBucket: Float64Array;
 }
 
 /** Everything counted since start; read with `middleware.metrics.snapshot()`. */
@@ -49,7 +77,13 @@ export type MetricsSnapshot = Readonly<Record<CounterName, number>> & {
 /** Plain counters, cheap enough for the hot path; the Prometheus bridge reads them. */
 export class SessionMetrics implements RoundTripCounter {
   readonly #counts = new Map<CounterName, number>();
-  readonly #timings = new Map<TimingName, { count: number; totalMs: number; maxMs: number }>();
+  // Allocated once: recording a timing on the hot path allocates nothing.
+  readonly #timings = new Map<TimingName, TimingState>(
+    TIMINGS.map((name) => [
+      name,
+      { count: 0, totalMs: 0, maxMs: 0, perBucket: new Float64Array(BUCKET_BOUNDS_MS.length + 1) },
+    ]),
+  );
   /** Filled in by the middleware: live gauges of the cache and listener. */
   gauges: () => { cacheEntries: number; cacheBytes: number; listenerUp: boolean } = () => ({
     cacheEntries: 0,
@@ -68,11 +102,13 @@ export class SessionMetrics implements RoundTripCounter {
   /** Records how long an operation took, from a `performance.now()` start. */
   time(name: TimingName, startedAt: number): void {
     const elapsed = performance.now() - startedAt;
-    const timing = this.#timings.get(name) ?? { count: 0, totalMs: 0, maxMs: 0 };
+    const timing = this.#timings.get(name)!;
     timing.count++;
     timing.totalMs += elapsed;
-    timing.maxMs = Math.max(timing.maxMs, elapsed);
-    this.#timings.set(name, timing);
+    if (elapsed > timing.maxMs) timing.maxMs = elapsed;
+    let bucket = 0;
+    while (bucket < BUCKET_BOUNDS_MS.length && elapsed > BUCKET_BOUNDS_MS[bucket]!) bucket++;
+    timing.perBucket[bucket]!++;
   }
 
   snapshot(): MetricsSnapshot {
@@ -80,10 +116,7 @@ export class SessionMetrics implements RoundTripCounter {
       COUNTERS.map((name) => [name, this.#counts.get(name) ?? 0]),
     ) as Record<CounterName, number>;
     const timings = Object.fromEntries(
-      TIMINGS.map((name) => [
-        name,
-        { ...(this.#timings.get(name) ?? { count: 0, totalMs: 0, maxMs: 0 }) },
-      ]),
+      TIMINGS.map((name) => [name, timingSnapshot(this.#timings.get(name)!)]),
     ) as Record<TimingName, TimingSnapshot>;
     const lookups = counts.cacheHits + counts.cacheMisses;
     return {
@@ -94,4 +127,14 @@ export class SessionMetrics implements RoundTripCounter {
       ...this.gauges(),
     };
   }
+}
+
+function timingSnapshot(timing: TimingState): TimingSnapshot {
+  const buckets: number[] = [];
+  let cumulative = 0;
+  for (let bucket = 0; bucket < BUCKET_BOUNDS_MS.length; bucket++) {
+    cumulative += timing.perBucket[bucket]!;
+    buckets.push(cumulative);
+  }
+  return { count: timing.count, totalMs: timing.totalMs, maxMs: timing.maxMs, buckets };
 }

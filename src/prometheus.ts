@@ -1,5 +1,10 @@
-import type { Registry } from 'prom-client';
-import type { CounterName, SessionMetrics, TimingName } from './metrics.js';
+import type { MetricObjectWithValues, MetricValueWithName, Registry } from 'prom-client';
+import {
+  type CounterName,
+  type SessionMetrics,
+  TIMING_BUCKETS,
+  type TimingName,
+} from './metrics.js';
 
 const COUNTER_HELP: Readonly<Record<CounterName, string>> = {
   requests: 'Requests handled by the session middleware',
@@ -31,7 +36,10 @@ const TIMING_HELP: Readonly<Record<TimingName, string>> = {
 
 /**
  * Publishes the middleware's metrics in a prom-client registry (prom-client is an
- * optional peer dependency: install it to use this). Values are read at scrape time.
+ * optional peer dependency: install it to use this). Values are read at scrape time:
+ * counters as `<prefix><name>_total` counters, the load, save, touch flush and GC
+ * timings as `<prefix><name>_seconds` histograms over `TIMING_BUCKETS` (100 µs to 10 s),
+ * and the cache and listener gauges.
  *
  * @example
  * import { register } from 'prom-client';
@@ -55,19 +63,52 @@ export async function registerPrometheusMetrics(
       },
     });
   }
+  // The middleware counts durations into its own buckets (no prom-client on the hot
+  // path); these histograms publish those counts at scrape time instead of observing.
+  class TimingHistogram extends client.Histogram {
+    readonly #timing: TimingName;
+    readonly #name: string;
+    readonly #help: string;
+
+    constructor(timing: TimingName, help: string) {
+      const name = `${prefix}${snake(timing)}_seconds`;
+      super({ name, help, buckets: [...TIMING_BUCKETS], registers: [registry] });
+      this.#timing = timing;
+      this.#name = name;
+      this.#help = help;
+    }
+
+    override async get(): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+      const { count, totalMs, buckets } = metrics.snapshot().timings[this.#timing];
+      const bucket = `${this.#name}_bucket`;
+      const values: MetricValueWithName<string>[] = TIMING_BUCKETS.map((le, index) => ({
+        labels: { le },
+        value: buckets[index] ?? 0,
+        metricName: bucket,
+      }));
+      values.push(
+        { labels: { le: '+Inf' }, value: count, metricName: bucket },
+        { labels: {}, value: totalMs / 1000, metricName: `${this.#name}_sum` },
+        { labels: {}, value: count, metricName: `${this.#name}_count` },
+      );
+      // The shape prom-client's own Histogram returns; its typings declare `type` as a
+      // numeric enum that the JavaScript never uses, and a `collect` it never returns.
+      return {
+        name: this.#name,
+        help: this.#help,
+        type: 'histogram',
+        aggregator: 'sum',
+        values,
+      } as unknown as MetricObjectWithValues<MetricValueWithName<string>>;
+    }
+
+    // The registry formats its text from this method when a metric has one.
+    getForPromString(): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+      return this.get();
+    }
+  }
   for (const [name, help] of Object.entries(TIMING_HELP) as [TimingName, string][]) {
-    new client.Gauge({
-      name: `${prefix}${snake(name)}_seconds`,
-      help: `${help}: total time (stat=sum), operations (stat=count), slowest (stat=max)`,
-      labelNames: ['stat'],
-      registers: [registry],
-      collect() {
-        const timing = metrics.snapshot().timings[name];
-        this.set({ stat: 'sum' }, timing.totalMs / 1000);
-        this.set({ stat: 'count' }, timing.count);
-        this.set({ stat: 'max' }, timing.maxMs / 1000);
-      },
-    });
+    new TimingHistogram(name, `${help}, in seconds`);
   }
   const gauges: [string, string, (snapshot: ReturnType<SessionMetrics['snapshot']>) => number][] = [
     ['cache_entries', 'Sessions in the process cache', (s) => s.cacheEntries],

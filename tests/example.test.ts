@@ -1,4 +1,10 @@
-import type { AddressInfo } from 'node:net';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { type AddressInfo, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import type pg from 'pg';
 import { createDemoApp } from '../examples/app.js';
@@ -97,4 +103,174 @@ test.serial('"log out everywhere else" ends every other session of the user', as
   t.regex((await browsers[0]!.get('/')).body as string, /Signed in as <b>linus<\/b>/);
   t.regex((await browsers[1]!.get('/')).body as string, /Not signed in/);
   t.regex((await browsers[2]!.get('/')).body as string, /Not signed in/);
+});
+
+// `npm start` as real processes on one state folder of this file's own (DEMO_DATA_DIR),
+// so the embedded PostgreSQL is initialised and seeded once for the tests below.
+const START_SCRIPT = fileURLToPath(new URL('../examples/start.ts', import.meta.url));
+let stateDir: string | undefined;
+const demos = new Set<ChildProcess>();
+
+/** A running `npm start`: its output so far and a way to wait for a line of it. */
+interface Demo {
+  readonly process: ChildProcess;
+  output(): string;
+  waitFor(pattern: RegExp): Promise<RegExpExecArray>;
+  exited: Promise<number | null>;
+}
+
+async function demoStateDir(): Promise<string> {
+  if (stateDir) return stateDir;
+  stateDir = await mkdtemp(join(tmpdir(), 'pg-sessions-demo-'));
+  // The embedded server may run as an unprivileged user: it must reach its data below.
+  await chmod(stateDir, 0o755);
+  return stateDir;
+}
+
+async function startDemo(env: Record<string, string> = {}): Promise<Demo> {
+  const { DATABASE_URL: _ignored, ...inherited } = process.env;
+  const child = spawn(process.execPath, ['--import', 'tsx', START_SCRIPT], {
+    env: { ...inherited, DEMO_DATA_DIR: await demoStateDir(), PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  demos.add(child);
+  let output = '';
+  const listeners = new Set<() => void>();
+  const onData = (chunk: Buffer) => {
+    output += chunk.toString();
+    for (const listener of listeners) listener();
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code) => {
+      demos.delete(child);
+      resolve(code);
+      for (const listener of listeners) listener();
+    });
+  });
+  return {
+    process: child,
+    output: () => output,
+    exited,
+    waitFor(pattern) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const match = pattern.exec(output);
+          if (match) {
+            listeners.delete(check);
+            resolve(match);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            listeners.delete(check);
+            reject(new Error(`npm start ended before printing ${pattern}:\n${output}`));
+          }
+        };
+        listeners.add(check);
+        check();
+      });
+    },
+  };
+}
+
+const STARTED =
+  /^pg-sessions demo on (http:\/\/localhost:\d+\/) \(pid (\d+);.*\n^reports: DATABASE_URL='([^']+)' npx pg-sessions report daily_session_counts$/m;
+
+async function stopDemo(demo: Demo): Promise<number | null> {
+  demo.process.kill('SIGTERM');
+  return demo.exited;
+}
+
+/** The embedded postmaster's pid while one runs on the state folder. */
+async function postmasterPid(): Promise<number | undefined> {
+  const text = await readFile(
+    join(await demoStateDir(), 'postgres', 'postmaster.pid'),
+    'utf8',
+  ).catch(() => '');
+  const pid = Number(text.split('\n')[0]);
+  return pid > 0 && isAlive(pid) ? pid : undefined;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test.after.always(async () => {
+  for (const child of demos) child.kill('SIGKILL');
+  // A demo killed by a failed test leaves its server behind, as a killed `npm start` does.
+  const pid = await postmasterPid();
+  if (pid) process.kill(pid, 'SIGQUIT');
+  for (let waited = 0; pid && isAlive(pid) && waited < 10_000; waited += 50) await delay(50);
+  if (stateDir) await rm(stateDir, { recursive: true, force: true });
+});
+
+test.serial(
+  'two starts in a row print the app URL, the same database URL and the report command',
+  async (t) => {
+    const first = await startDemo();
+    const [, appUrl, , databaseUrl] = await first.waitFor(STARTED);
+    t.regex(await (await fetch(appUrl!)).text(), /pg-sessions demo/);
+    t.is(await stopDemo(first), 0);
+    t.is(await postmasterPid(), undefined, 'the embedded server stops with the demo');
+
+    const second = await startDemo();
+    const [, , , databaseUrlAgain] = await second.waitFor(STARTED);
+    t.is(databaseUrlAgain, databaseUrl, 'the embedded server keeps its port');
+    t.notRegex(second.output(), /seeded/, 'seeded once');
+    const port = (await readFile(join(await demoStateDir(), 'postgres.port'), 'utf8')).trim();
+    t.is(new URL(databaseUrl!).port, port);
+    t.is(await stopDemo(second), 0);
+  },
+);
+
+test.serial('a second start while one runs says so in one line and exits non-zero', async (t) => {
+  const first = await startDemo();
+  const [, appUrl, pid] = await first.waitFor(STARTED);
+  const second = await startDemo();
+  t.is(await second.exited, 1);
+  t.is(
+    second.output(),
+    `pg-sessions demo: the demo is already running on ${appUrl} (pid ${pid}); stop it first, or set DEMO_DATA_DIR to run another one\n`,
+  );
+  t.regex(await (await fetch(appUrl!)).text(), /pg-sessions demo/, 'the first one still serves');
+  t.is(await stopDemo(first), 0);
+});
+
+test.serial('after kill -9 of a running demo, the next start takes over', async (t) => {
+  const first = await startDemo();
+  const [, , , databaseUrl] = await first.waitFor(STARTED);
+  const orphan = await postmasterPid();
+  first.process.kill('SIGKILL');
+  await first.exited;
+  t.truthy(orphan && isAlive(orphan), 'the killed demo left its PostgreSQL running');
+
+  const next = await startDemo();
+  const [, appUrl, , databaseUrlAgain] = await next.waitFor(STARTED);
+  t.regex(next.output(), new RegExp(`stopped the embedded PostgreSQL \\(pid ${orphan}\\)`));
+  t.is(databaseUrlAgain, databaseUrl);
+  t.regex(await (await fetch(appUrl!)).text(), /pg-sessions demo/);
+  t.is(await stopDemo(next), 0);
+  t.is(await postmasterPid(), undefined);
+});
+
+test.serial('a PORT held by another program is named in one line', async (t) => {
+  const holder = createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => holder.close(() => resolve())));
+  const port = (holder.address() as AddressInfo).port;
+  const demo = await startDemo({ PORT: String(port) });
+  t.is(await demo.exited, 1);
+  t.regex(
+    demo.output(),
+    new RegExp(
+      `^pg-sessions demo: port ${port} is taken by another program: set PORT to a free one \\(PORT=0 picks one\\)$`,
+      'm',
+    ),
+  );
+  t.notRegex(demo.output(), /^\s+at /m, 'no stack trace');
+  t.is(await postmasterPid(), undefined, 'the embedded server is stopped again');
 });
