@@ -1,9 +1,9 @@
 import { EventEmitter } from 'node:events';
 import type { Context, Middleware, Next } from 'koa';
 import { sql, type Transaction } from 'kysely';
+import { ContextSession } from './context-session.js';
 import { SessionControl } from './control.js';
 import { readToken } from './cookie.js';
-import { TransactionRunner } from './db/runner.js';
 import type { SessionsDatabase } from './db/schema.js';
 import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
@@ -11,11 +11,9 @@ import { SessionError, SessionLockTimeoutError, SessionStoreUnavailableError } f
 import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from './options.js';
-import { RequestState } from './request-state.js';
-import { replaceData, type Session } from './session.js';
-import { commitSession, loadSession } from './session-flow.js';
+import type { Session } from './session.js';
 
-const STATE = Symbol('pg-sessions.state');
+const CONTEXT_SESSION = Symbol('pg-sessions.context-session');
 
 declare module 'koa' {
   interface ExtendableContext {
@@ -26,7 +24,7 @@ declare module 'koa' {
     sessions: SessionControl;
     /** The request's transaction in `transaction: 'request'` (or lock) mode. */
     db?: Transaction<SessionsDatabase>;
-    [STATE]?: RequestState;
+    [CONTEXT_SESSION]?: ContextSession;
   }
 }
 
@@ -77,54 +75,43 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
       metrics.increment('invalidTokens');
       ctx.app.emit('session:invalid', { ctx, via: presented.via });
     }
-    const state: RequestState = new RequestState(
-      ctx,
-      tenantId,
-      mode,
-      presented,
-      engine.runner(
-        () => ({ tenant: tenantId, actor: resolved.actor(ctx, state.userId) }),
-        () => state.fence,
-      ),
+    const context = new ContextSession(engine, ctx, tenantId, mode, presented, (userId) =>
+      resolved.actor(ctx, userId),
     );
-    ctx[STATE] = state;
-    ctx.sessions = new SessionControl(state, engine.store, {
-      onMaxSessions: resolved.maxSessionsPerUser,
-      ended: (ended) => engine.forgetEnded(tenantId, ended),
-    });
+    ctx[CONTEXT_SESSION] = context;
+    ctx.sessions = new SessionControl(context, resolved.maxSessionsPerUser);
 
     if (resolved.transaction(ctx) === 'request' || mode === 'lock') {
-      await inRequestTransaction(state, next);
+      await inRequestTransaction(context, next);
     } else {
-      await guard(() => loadSession(engine, state));
+      await guard(() => context.load());
       await next();
-      await guard(() => commitSession(engine, state));
+      await guard(() => context.commit());
     }
   };
 
-  async function inRequestTransaction(state: RequestState, next: Next): Promise<void> {
-    const ctx = state.ctx;
+  async function inRequestTransaction(context: ContextSession, next: Next): Promise<void> {
+    const { ctx } = context;
     let began = false;
     try {
       await engine.kysely.transaction().execute(async (trx) => {
         began = true;
         metrics.roundTrip();
-        await sql`SELECT set_config('sessions.tenant', ${state.tenantId}, true),
-          set_config('sessions.actor', ${resolved.actor(ctx, state.userId)}, true),
+        await sql`SELECT set_config('sessions.tenant', ${context.tenantId}, true),
+          set_config('sessions.actor', ${resolved.actor(ctx, context.userId)}, true),
           set_config('lock_timeout', ${`${resolved.lockTimeout}ms`}, true)`.execute(trx);
-        state.runner = new TransactionRunner(trx, metrics);
-        state.inTransaction = true;
-        await guard(() => loadSession(engine, state, state.mode === 'lock'));
+        context.useTransaction(trx);
+        await guard(() => context.load(context.mode === 'lock'));
         ctx.db = trx;
         try {
           await next();
         } finally {
           ctx.db = undefined;
         }
-        const actor = resolved.actor(ctx, state.userId);
+        const actor = resolved.actor(ctx, context.userId);
         await guard(async () => {
           await sql`SELECT set_config('sessions.actor', ${actor}, true)`.execute(trx);
-          await commitSession(engine, state);
+          await context.commit();
         });
       });
     } catch (error) {
@@ -192,28 +179,16 @@ function installAccessors(ctx: Context): void {
   const proto = Object.getPrototypeOf(ctx) as object;
   if (installed.has(proto)) return;
   installed.add(proto);
+  // The accessor only delegates: the request's ContextSession owns the state.
   Object.defineProperty(proto, 'session', {
     configurable: true,
     get(this: Context) {
-      const state = this[STATE];
-      return state ? state.currentSession() : undefined;
+      return this[CONTEXT_SESSION]?.get();
     },
     set(this: Context, value: unknown) {
-      const state = this[STATE];
-      if (!state) throw new TypeError('ctx.session is set before the pg-sessions middleware ran');
-      if (value === null || value === undefined) {
-        this.sessions.destroy();
-        return;
-      }
-      if (typeof value !== 'object' || Array.isArray(value)) {
-        throw new TypeError('ctx.session can only be set to an object or null');
-      }
-      const data = { ...(value as Record<string, unknown>) };
-      if (state.destroyed || !state.record) {
-        state.startNewSession(data);
-      } else {
-        replaceData(state.currentSession()!, data);
-      }
+      const context = this[CONTEXT_SESSION];
+      if (!context) throw new TypeError('ctx.session is set before the pg-sessions middleware ran');
+      context.set(value);
     },
   });
 }

@@ -1,0 +1,475 @@
+import type { Context } from 'koa';
+import type { Transaction } from 'kysely';
+import { type CommitPlan, planCommit } from './commit-plan.js';
+import {
+  clearCookie,
+  type PresentedToken,
+  readVersionFence,
+  writeCookie,
+  writeVersionFence,
+} from './cookie.js';
+import { type StatementRunner, TransactionRunner } from './db/runner.js';
+import type { SessionsDatabase } from './db/schema.js';
+import type { SessionEngine } from './engine.js';
+import { SessionConflictError, SessionStateError, SessionTooLargeError } from './errors.js';
+import type { ConcurrencyMode } from './options.js';
+import {
+  collectChanges,
+  isForcedSave,
+  markSaved,
+  replaceData,
+  Session,
+  type SessionChanges,
+  snapshotData,
+} from './session.js';
+import type { DeviceSession, SessionRecord } from './store.js';
+import { generateToken, hashesEqual, hashToken } from './token.js';
+
+/** Safety margin against clock skew between Node and the database for cached rows. */
+const CACHE_EXPIRY_MARGIN_MS = 1_000;
+
+/**
+ * The session of one request, koa-session's `ContextSession`: it alone holds the
+ * request's session state, answers `ctx.session` and the `ctx.sessions` operations,
+ * loads the row, and at the end plans and performs the one write.
+ */
+export class ContextSession {
+  /** The loaded row; undefined for a new session or after the row vanished. */
+  #record: SessionRecord | undefined;
+  /** Materialised on first access of ctx.session (or on assignment). */
+  #session: Session | undefined;
+  /** The token to write back: the presented one, a fresh one, or the rotated one. */
+  #token: string | undefined;
+  /** ctx.session = null or destroy(): the loaded row is deleted at commit. */
+  #destroyed = false;
+  /** ctx.sessions.revoke…() ended this very session. */
+  #revokedSelf = false;
+  /** regenerate(): the next write swaps in `#token`. */
+  #rotate = false;
+  /** bindUser(): the user to write (null unbinds), undefined when unchanged. */
+  #pendingUserId: string | null | undefined;
+  /** The commit LSN of this request's last write, for read-your-writes on replicas. */
+  #fence: string | undefined;
+  /** Statements run in the request's transaction: the cache is neither read nor filled. */
+  #inTransaction = false;
+  #runner: StatementRunner;
+
+  constructor(
+    private readonly engine: SessionEngine,
+    readonly ctx: Context,
+    readonly tenantId: string,
+    readonly mode: ConcurrencyMode,
+    readonly presented: PresentedToken,
+    actor: (userId: string | null) => string,
+  ) {
+    this.#runner = engine.runner(
+      () => ({ tenant: tenantId, actor: actor(this.userId) }),
+      () => this.#fence,
+    );
+  }
+
+  // --- ctx.session ------------------------------------------------------------
+
+  /** ctx.session's value: null once destroyed (until a new session is assigned). */
+  get(): Session | null {
+    if (this.#destroyed && !this.#session) return null;
+    if (!this.#session) {
+      this.#session = this.#record
+        ? new Session(this.#record.snapshot ?? snapshotData(this.#record.data), false)
+        : new Session(new Map(), true);
+    }
+    return this.#session;
+  }
+
+  /** `ctx.session = null` destroys; `ctx.session = { … }` replaces the data. */
+  set(value: unknown): void {
+    if (value === null || value === undefined) {
+      this.destroy();
+      return;
+    }
+    if (typeof value !== 'object' || Array.isArray(value)) {
+      throw new TypeError('ctx.session can only be set to an object or null');
+    }
+    const data = { ...(value as Record<string, unknown>) };
+    if (this.#destroyed || !this.#record) {
+      // A brand-new session replaces whatever this request had, with a fresh token.
+      if (this.#record) this.#destroyed = true;
+      this.#session = new Session(snapshotData(data), true, data);
+      this.#token = generateToken();
+      this.#rotate = false;
+    } else {
+      replaceData(this.get()!, data);
+    }
+  }
+
+  // --- ctx.sessions -----------------------------------------------------------
+
+  /** The public, non-secret id of the current session (null until it is first saved). */
+  get id(): string | null {
+    return this.#destroyed ? null : (this.#record?.id ?? null);
+  }
+
+  get version(): number | null {
+    return this.#destroyed ? null : (this.#record?.version ?? null);
+  }
+
+  get userId(): string | null {
+    if (this.#pendingUserId !== undefined) return this.#pendingUserId;
+    return this.#destroyed ? null : (this.#record?.userId ?? null);
+  }
+
+  get token(): string | undefined {
+    return this.#token;
+  }
+
+  get fence(): string | undefined {
+    return this.#fence;
+  }
+
+  regenerate(): void {
+    if (this.#destroyed && !this.#session) {
+      throw new SessionStateError('cannot regenerate a destroyed session');
+    }
+    this.get();
+    this.#token = generateToken();
+    this.#rotate = this.#record !== undefined;
+  }
+
+  destroy(): void {
+    this.#destroyed = true;
+    this.#session = undefined;
+    this.#pendingUserId = undefined;
+  }
+
+  bindUser(userId: string | null, regenerate: boolean): void {
+    if (userId !== null && (typeof userId !== 'string' || userId.length === 0)) {
+      throw new TypeError('bindUser expects a non-empty string user id, or null');
+    }
+    this.#pendingUserId = userId;
+    this.get()?.save();
+    if (regenerate) this.regenerate();
+  }
+
+  async listForUser(userId: string | null): Promise<(DeviceSession & { current: boolean })[]> {
+    if (userId === null) return [];
+    const devices = await this.engine.store.listForUser(this.#runner, this.tenantId, userId);
+    return devices.map((device) => ({ ...device, current: device.id === this.id }));
+  }
+
+  async revoke(sessionId: string, reason: string): Promise<boolean> {
+    if (!/^[0-9a-f-]{36}$/i.test(sessionId)) return false;
+    const ended = await this.engine.store.revoke(this.#runner, this.tenantId, sessionId, reason);
+    this.engine.forgetEnded(this.tenantId, ended);
+    if (ended.length > 0 && sessionId === this.#record?.id) this.#endedBySelf();
+    return ended.length > 0;
+  }
+
+  async revokeUser(userId: string, reason: string, exceptCurrent: boolean): Promise<number> {
+    const exceptId = exceptCurrent ? this.#record?.id : undefined;
+    const ended = await this.engine.store.revokeUser(
+      this.#runner,
+      this.tenantId,
+      userId,
+      reason,
+      exceptId,
+    );
+    this.engine.forgetEnded(this.tenantId, ended);
+    if (this.#record && ended.some((session) => session.id === this.#record?.id)) {
+      this.#endedBySelf();
+    }
+    return ended.length;
+  }
+
+  #endedBySelf(): void {
+    this.#revokedSelf = true;
+    this.#session = undefined;
+  }
+
+  // --- request transactions ---------------------------------------------------
+
+  /** From now on every statement runs in the request's transaction. */
+  useTransaction(trx: Transaction<SessionsDatabase>): void {
+    this.#runner = new TransactionRunner(trx, this.engine.metrics);
+    this.#inTransaction = true;
+  }
+
+  // --- load -------------------------------------------------------------------
+
+  /**
+   * Loads the presented token's session: from the cache when it is trusted and the
+   * request is not locking, else with one statement (which then fills the cache).
+   */
+  async load(forUpdate = false): Promise<void> {
+    const token = this.presented.token;
+    if (!token) return;
+    const tokenHash = hashToken(token);
+    const { cache, metrics, options } = this.engine;
+    const cacheUsable = cache !== undefined && !forUpdate && !this.#inTransaction;
+    if (cacheUsable && this.engine.cacheTrusted) {
+      const cached = cache.get(this.tenantId, tokenHash);
+      // The key already is the hash; comparing the stored hash too costs nothing and
+      // keeps a cache-key mistake from ever handing out another session.
+      if (
+        cached &&
+        hashesEqual(cached.tokenHash, tokenHash) &&
+        Math.min(cached.idleExpiresAt.getTime(), cached.absoluteExpiresAt.getTime()) -
+          CACHE_EXPIRY_MARGIN_MS >
+          Date.now()
+      ) {
+        metrics.increment('cacheHits');
+        this.#record = {
+          ...cached,
+          touchDue: cached.lastSeenAt.getTime() < Date.now() - options.touchInterval,
+        };
+        this.#token = token;
+        return;
+      }
+      metrics.increment('cacheMisses');
+    }
+    const epoch = cache?.epoch ?? 0;
+    const startedAt = performance.now();
+    metrics.increment('loads');
+    const fenceVersion =
+      this.engine.hasReplicas && this.presented.via === 'cookie'
+        ? readVersionFence(this.ctx, options.cookie)
+        : 0;
+    // A version announced by a notification is newer than any lagging replica's copy.
+    const minVersion = Math.max(
+      fenceVersion,
+      cache?.announcedVersion(this.tenantId, tokenHash) ?? 0,
+    );
+    const record = await this.engine.withFailover(() =>
+      this.engine.store.load(this.#runner, this.tenantId, tokenHash, { forUpdate, minVersion }),
+    );
+    metrics.time('load', startedAt);
+    if (record) {
+      this.#record = record;
+      this.#token = token;
+      if (cacheUsable && this.engine.cacheTrusted) cache.set(record, epoch);
+    } else {
+      metrics.increment('misses');
+      this.ctx.app.emit('session:missed', { ctx: this.ctx, via: this.presented.via });
+    }
+  }
+
+  // --- commit -----------------------------------------------------------------
+
+  /** What the end of the request will do, given the handler's changes. */
+  plan(changes: SessionChanges | undefined): CommitPlan {
+    const session = this.#session;
+    return planCommit({
+      loaded: this.#record !== undefined,
+      // Malformed cookies count too: the client's cookie is cleared.
+      stale: this.presented.via !== 'none' && this.#record === undefined,
+      presented: this.presented.token !== undefined,
+      destroyRequested: this.#destroyed,
+      revokedSelf: this.#revokedSelf,
+      sessionInUse: session !== undefined,
+      dataChanged:
+        changes !== undefined &&
+        (Object.keys(changes.patch).length > 0 || changes.removed.length > 0),
+      forcedSave: session !== undefined && isForcedSave(session),
+      rotate: this.#rotate,
+      bindUser: this.#pendingUserId !== undefined,
+      touchDue: this.#record?.touchDue === true,
+      saveUninitialized: this.engine.options.saveUninitialized,
+    });
+  }
+
+  /**
+   * Writes what the request changed, in one statement: create, delta save (with the
+   * rotation and the user binding), destroy, or a batched touch when nothing changed.
+   */
+  async commit(): Promise<void> {
+    const { options } = this.engine;
+    const changes = this.#session ? collectChanges(this.#session) : undefined;
+    if (changes && changes.size > options.maxSize) {
+      throw new SessionTooLargeError(changes.size, options.maxSize);
+    }
+    const plan = this.plan(changes);
+    const loaded = this.#record;
+    if (plan.action === 'revoked' && loaded) this.#forget(loaded);
+    if ((plan.destroyFirst || plan.action === 'destroy') && loaded) await this.#destroyRow(loaded);
+    if (plan.action === 'touch' && loaded) this.#touch(loaded);
+    if (plan.action === 'create' && changes) await this.#create(changes);
+    if ((plan.action === 'save' || plan.action === 'rotate') && changes && loaded) {
+      await this.#save(loaded, changes);
+    }
+    if (plan.clearCookie && this.#cookieTransport) clearCookie(this.ctx, options.cookie);
+  }
+
+  get #cookieTransport(): boolean {
+    return this.presented.via !== 'bearer';
+  }
+
+  async #destroyRow(loaded: SessionRecord): Promise<void> {
+    const { store, metrics } = this.engine;
+    await this.engine.withFailover(() => store.destroy(this.#runner, this.tenantId, loaded.id));
+    metrics.increment('destroys');
+    this.#forget(loaded);
+    this.#record = undefined;
+  }
+
+  async #create(changes: SessionChanges): Promise<void> {
+    const { ctx, engine } = this;
+    const { store, metrics, options } = engine;
+    const session = this.#session!;
+    const epoch = engine.cache?.epoch ?? 0;
+    const startedAt = performance.now();
+    this.#token ??= generateToken();
+    const tokenHash = hashToken(this.#token);
+    const { record, fence } = await engine.withFailover(async (retry) => {
+      try {
+        return await store.create(this.#runner, {
+          tenantId: this.tenantId,
+          tokenHash,
+          data: session.toJSON(),
+          userId: this.#pendingUserId ?? null,
+          ip: ctx.ip || null,
+          userAgent: ctx.get('user-agent').slice(0, 1024) || null,
+        });
+      } catch (error) {
+        // The first attempt's commit landed before the primary went away: not twice.
+        if (!retry || (error as { code?: string }).code !== '23505') throw error;
+        const landed = await store.load(this.#runner, this.tenantId, tokenHash, { minVersion: 1 });
+        if (!landed) throw error;
+        return { record: landed, fence: undefined };
+      }
+    });
+    metrics.increment('creates');
+    metrics.time('save', startedAt);
+    this.#record = record;
+    this.#destroyed = false;
+    this.#fence = fence;
+    markSaved(session, changes.baseline);
+    this.#remember(record, epoch);
+    if (this.#cookieTransport) {
+      writeCookie(ctx, options.cookie, this.#token, session.maxAge);
+      if (engine.hasReplicas) {
+        writeVersionFence(ctx, options.cookie, record.version, session.maxAge);
+      }
+    }
+    await this.#enforceMaxSessions();
+  }
+
+  async #save(loaded: SessionRecord, changes: SessionChanges): Promise<void> {
+    const { ctx, engine } = this;
+    const { store, metrics, options } = engine;
+    const session = this.#session!;
+    const epoch = engine.cache?.epoch ?? 0;
+    const startedAt = performance.now();
+    const newTokenHash = this.#rotate && this.#token ? hashToken(this.#token) : undefined;
+    const userId = this.#pendingUserId;
+    const { record: saved, fence } = await engine.withFailover(async (retry) => {
+      if (retry) {
+        // The first attempt may have committed just before the primary went away: a
+        // newer version that already holds this delta means it did. Never apply twice.
+        const current = await store.loadById(this.#runner, this.tenantId, loaded.id);
+        if (
+          current &&
+          current.version > loaded.version &&
+          holdsDelta(current, changes, newTokenHash, userId)
+        ) {
+          return { record: current, fence: undefined };
+        }
+      }
+      return store.saveDelta(this.#runner, {
+        tenantId: this.tenantId,
+        id: loaded.id,
+        tokenHash: loaded.tokenHash,
+        patch: changes.patch,
+        removed: changes.removed,
+        newTokenHash,
+        userId,
+        expected: this.mode === 'strict' ? changes.expected : undefined,
+      });
+    });
+    metrics.time('save', startedAt);
+    if (!saved) {
+      await this.#saveMatchedNothing(loaded, changes);
+      return;
+    }
+    metrics.increment('saves');
+    if (this.#rotate) this.#forget(loaded);
+    this.#record = saved;
+    this.#fence = fence;
+    markSaved(session, changes.baseline);
+    this.#remember(saved, epoch);
+    if (this.#cookieTransport) {
+      if (this.#rotate || isForcedSave(session) || session.maxAge !== undefined) {
+        writeCookie(ctx, options.cookie, this.#token!, session.maxAge);
+      }
+      if (engine.hasReplicas) {
+        writeVersionFence(ctx, options.cookie, saved.version, session.maxAge);
+      }
+    }
+    this.#rotate = false;
+    if (userId) await this.#enforceMaxSessions();
+  }
+
+  /** A strict-mode conflict, or a session destroyed, revoked or expired while this request ran. */
+  async #saveMatchedNothing(loaded: SessionRecord, changes: SessionChanges): Promise<void> {
+    const { ctx, engine } = this;
+    this.#forget(loaded);
+    if (
+      this.mode === 'strict' &&
+      (await engine.store.isLive(this.#runner, this.tenantId, loaded.id, loaded.tokenHash))
+    ) {
+      engine.metrics.increment('conflicts');
+      const keys = [...changes.expected.keys()];
+      ctx.app.emit('session:conflict', { ctx, id: loaded.id, keys });
+      throw new SessionConflictError(keys);
+    }
+    // It stays ended: never brought back.
+    this.#record = undefined;
+    ctx.app.emit('session:missed', { ctx, via: this.presented.via });
+    if (this.#cookieTransport) clearCookie(ctx, engine.options.cookie);
+  }
+
+  /** Queues a sliding-expiry touch; the cached copy counts as touched at once. */
+  #touch(record: SessionRecord): void {
+    this.engine.touches.add(this.tenantId, record.id);
+    this.engine.cache?.touched(record, new Date());
+  }
+
+  /** A row this process just wrote is the newest version: cache it (outside transactions). */
+  #remember(record: SessionRecord, epoch: number): void {
+    const { cache } = this.engine;
+    if (!this.#inTransaction && this.engine.cacheTrusted) cache?.set(record, epoch);
+    else cache?.delete(record.tenantId, record.tokenHash.toString('hex'));
+  }
+
+  /** The token is dead (destroyed, revoked, rotated away): never cache it again. */
+  #forget(record: SessionRecord): void {
+    this.engine.forgetEnded(this.tenantId, [record]);
+  }
+
+  async #enforceMaxSessions(): Promise<void> {
+    const max = this.engine.options.maxSessionsPerUser;
+    const record = this.#record;
+    if (max === undefined || !record?.userId) return;
+    const ended = await this.engine.store.enforceMaxSessions(
+      this.#runner,
+      this.tenantId,
+      record.userId,
+      max,
+      record.id,
+    );
+    this.engine.forgetEnded(this.tenantId, ended);
+  }
+}
+
+/** Whether a row already carries this request's delta (the failover retry's check). */
+function holdsDelta(
+  record: SessionRecord,
+  changes: { patch: Record<string, unknown>; removed: readonly string[] },
+  newTokenHash: Buffer | undefined,
+  userId: string | null | undefined,
+): boolean {
+  if (newTokenHash && !record.tokenHash.equals(newTokenHash)) return false;
+  if (userId !== undefined && record.userId !== userId) return false;
+  for (const [key, value] of Object.entries(changes.patch)) {
+    if (JSON.stringify(record.data[key]) !== JSON.stringify(value)) return false;
+  }
+  return changes.removed.every((key) => !(key in record.data));
+}
