@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import test from 'ava';
 import type { Command } from 'commander';
@@ -382,7 +383,7 @@ test('a session revoked by the CLI stops working over HTTP at once; revoke --use
     { DATABASE_URL: db.url },
   );
   t.is(user.code, 0, user.stderr);
-  t.is(user.stdout, '2 sessions revoked\n');
+  t.is(user.stdout, 'tenant default: 2 sessions revoked\ntotal: 2 sessions revoked in 1 tenant\n');
   for (const device of [laptop, phone]) {
     let seen = (await device.get('/get')).body as Seen;
     for (let attempt = 0; attempt < 20 && seen.data.loggedIn; attempt++) {
@@ -392,6 +393,83 @@ test('a session revoked by the CLI stops working over HTTP at once; revoke --use
     t.deepEqual(seen.data, {});
   }
   t.true(((await other.get('/get')).body as Seen).data.loggedIn === true, 'bob is still in');
+});
+
+test('revoke --user needs --tenant or --all-tenants, and prints what it revoked per tenant', async (t) => {
+  const { db, admin } = await database();
+  // u1 has live sessions in three tenants (two in acme), one revoked already; u2 one.
+  await admin.query(
+    `INSERT INTO sessions.session (tenant_id, token_hash, user_id, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason)
+     SELECT tenant, sha256(convert_to(tenant || i, 'UTF8')), user_id,
+            now() + interval '1 hour', now() + interval '1 day',
+            CASE WHEN revoked THEN now() END, CASE WHEN revoked THEN 'earlier' END
+       FROM (VALUES (1, 'acme', 'u1', false), (2, 'acme', 'u1', false), (3, 'beta', 'u1', false),
+                    (4, 'gamma', 'u1', false), (5, 'gamma', 'u1', true), (6, 'acme', 'u2', false))
+            AS s(i, tenant, user_id, revoked)`,
+  );
+  const live = async () =>
+    (
+      await admin.query(
+        `SELECT tenant_id, user_id FROM sessions.session WHERE revoked_at IS NULL ORDER BY 1, 2`,
+      )
+    ).rows;
+
+  const unscoped = await runCli(['revoke', '--user', 'u1', '--reason', 'x', '--url', db.url]);
+  t.is(unscoped.code, 2);
+  t.is(
+    unscoped.stderr,
+    'pg-sessions: revoke --user needs --tenant <tenant>, or --all-tenants to revoke in every tenant\n',
+  );
+  t.is((await live()).length, 5, 'nothing revoked');
+
+  const one = await runCli([
+    'revoke',
+    '--user',
+    'u1',
+    '--tenant',
+    'beta',
+    '--reason',
+    'password changed',
+    '--url',
+    db.url,
+  ]);
+  t.is(one.code, 0, one.stderr);
+  t.is(one.stdout, 'tenant beta: 1 session revoked\ntotal: 1 session revoked in 1 tenant\n');
+
+  const all = await runCli([
+    'revoke',
+    '--user',
+    'u1',
+    '--all-tenants',
+    '--reason',
+    'account closed',
+    '--url',
+    db.url,
+  ]);
+  t.is(all.code, 0, all.stderr);
+  t.is(
+    all.stdout,
+    'tenant acme: 2 sessions revoked\ntenant gamma: 1 session revoked\ntotal: 3 sessions revoked in 2 tenants\n',
+  );
+  t.deepEqual(await live(), [{ tenant_id: 'acme', user_id: 'u2' }], 'u2 keeps its session');
+
+  const none = await runCli(['revoke', '--user', 'u1', '--all-tenants', '--reason', 'x'], {
+    DATABASE_URL: db.url,
+  });
+  t.is(none.code, 0);
+  t.is(none.stdout, 'total: 0 sessions revoked in 0 tenants\n');
+});
+
+test('--version prints the version in package.json', async (t) => {
+  const manifest = JSON.parse(
+    readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
+  ) as { version: string };
+  for (const flag of ['--version', '-V']) {
+    const result = await runCli([flag]);
+    t.is(result.code, 0, flag);
+    t.is(result.stdout, `${manifest.version}\n`, flag);
+    t.is(result.stderr, '', flag);
+  }
 });
 
 test('gc collects expired and revoked rows in batches, logs them, and prints the count; prune-events trims the log', async (t) => {
@@ -528,6 +606,7 @@ test('every command has --help, exiting 0', async (t) => {
     'pg-sessions migrate up',
     'pg-sessions migrate down',
     'pg-sessions migrate status',
+    'pg-sessions migrate roles',
     'pg-sessions gc',
     'pg-sessions revoke',
     'pg-sessions prune-events',
@@ -604,6 +683,22 @@ test('bad input gives a one-line error and exit code 2, before touching the data
     ],
     [['gc', '--batch-size', '0'], /expected a whole number from 1 to 10000/],
     [['migrate', 'up', '--bogus'], /unknown option '--bogus'/],
+    [
+      ['revoke', '--user', 'alice', '--reason', 'x'],
+      /revoke --user needs --tenant <tenant>, or --all-tenants/,
+    ],
+    [
+      ['revoke', '--user', 'alice', '--tenant', 't', '--all-tenants', '--reason', 'x'],
+      /--tenant <tenant> or --all-tenants, not both/,
+    ],
+    // Not PostgreSQL: refused at once (a mysql:// URL used to hang until killed).
+    [
+      ['migrate', 'status', '--url', 'mysql://root@127.0.0.1:3306/app'],
+      /the database URL is mysql:\/\/…, not PostgreSQL/,
+    ],
+    [['migrate', 'up', '--url', 'http://127.0.0.1:1/'], /the database URL is http:\/\/…/],
+    [['status', '--url', 'garbage'], /the database URL does not parse/],
+    [['gc', '--url', 'redis://127.0.0.1:1'], /not PostgreSQL/],
   ];
   await Promise.all(
     cases.map(async ([args, message]) => {

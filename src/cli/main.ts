@@ -8,11 +8,13 @@ import { reportCommand } from './report-command.js';
 import { revokeCommand } from './revoke-command.js';
 import { seedCommand } from './seed-command.js';
 import { statusCommand } from './status-command.js';
+import { packageVersion } from './version.js';
 
 /** Builds the `pg-sessions` command; each subcommand lives in its own module. */
 export function buildProgram(): Command {
   const program = new Command('pg-sessions')
     .description('PostgreSQL-backed sessions for Koa: schema migrations and operations')
+    .version(packageVersion(), '-V, --version', 'print the version of pg-sessions')
     .addHelpText(
       'after',
       `

@@ -8,6 +8,7 @@ interface RevokeOptions {
   readonly session?: string;
   readonly user?: string;
   readonly tenant?: string;
+  readonly allTenants?: boolean;
   readonly reason: string;
   readonly url?: string;
 }
@@ -23,7 +24,12 @@ export function revokeCommand(): Command {
       sessionId,
     )
     .option('--user <id>', 'every live session of this user', text(200))
-    .option('--tenant <tenant>', 'only in this tenant (default: every tenant)', text(200))
+    .option(
+      '--tenant <tenant>',
+      'only in this tenant (with --user, this or --all-tenants is required)',
+      text(200),
+    )
+    .option('--all-tenants', "with --user: the user's sessions in every tenant")
     .requiredOption('--reason <text>', 'why, for the audit log (1 to 200 characters)', text(200))
     .option('--url <url>', 'database URL (default: $DATABASE_URL) of the primary')
     .addHelpText(
@@ -32,11 +38,23 @@ export function revokeCommand(): Command {
 The event log records the actor as cli:<os user>. Exits 0 also when no live
 session matched (already revoked, expired or never there): the state asked for
 holds, so a retried or repeated revocation in a script is not an error. The
-count printed says what happened.`,
+counts printed say what happened: per tenant, then the total.
+
+A user id names a user within a tenant: --user needs --tenant <tenant>, or
+--all-tenants to end that id's sessions in every tenant. --session finds the
+session in whichever tenant holds it (ids are unique), or only in --tenant.`,
     )
     .action(async (options: RevokeOptions) => {
       if ((options.session === undefined) === (options.user === undefined)) {
         throw new CliError('revoke needs exactly one of --session <id> and --user <id>');
+      }
+      if (options.tenant !== undefined && options.allTenants) {
+        throw new CliError('revoke takes --tenant <tenant> or --all-tenants, not both');
+      }
+      if (options.user !== undefined && options.tenant === undefined && !options.allTenants) {
+        throw new CliError(
+          'revoke --user needs --tenant <tenant>, or --all-tenants to revoke in every tenant',
+        );
       }
       const url = databaseUrl(options.url);
       const revoked = await withClient(
@@ -61,7 +79,7 @@ count printed says what happened.`,
                     options.tenant ?? null,
                   ]);
             await client.query('COMMIT');
-            return result.rowCount ?? 0;
+            return result.rows as { tenant_id: string }[];
           } catch (error) {
             await client.query('ROLLBACK').catch(() => {});
             throw error;
@@ -69,6 +87,31 @@ count printed says what happened.`,
         },
         { permission: 'revoking needs a role granted sessions_admin, or EXECUTE on the function' },
       );
-      process.stdout.write(`${revoked} ${revoked === 1 ? 'session' : 'sessions'} revoked\n`);
+      process.stdout.write(revocationReport(revoked, options.user !== undefined));
     });
+}
+
+const sessions = (count: number) => `${count} ${count === 1 ? 'session' : 'sessions'}`;
+
+/**
+ * What revoke prints: for --user, one line per tenant that had sessions, then the
+ * total; for --session, the total alone.
+ */
+export function revocationReport(
+  revoked: readonly { readonly tenant_id: string }[],
+  perTenant: boolean,
+): string {
+  const counts = new Map<string, number>();
+  for (const row of revoked) counts.set(row.tenant_id, (counts.get(row.tenant_id) ?? 0) + 1);
+  const lines = perTenant
+    ? [...counts]
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([tenant, count]) => `tenant ${tenant}: ${sessions(count)} revoked`)
+    : [];
+  lines.push(
+    perTenant
+      ? `total: ${sessions(revoked.length)} revoked in ${counts.size} ${counts.size === 1 ? 'tenant' : 'tenants'}`
+      : `${sessions(revoked.length)} revoked`,
+  );
+  return `${lines.join('\n')}\n`;
 }

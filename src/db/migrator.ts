@@ -3,6 +3,12 @@ import { readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { resolveBinary } from 'dbmate';
 import pg from 'pg';
+import {
+  type MigrationPrivilegeFacts,
+  missingMigrationPrivilege,
+  readMigrationPrivilegeFacts,
+  rolesSql,
+} from './migration-privileges.js';
 
 /** The package's own migrations, shipped in the package next to `src/`/`dist/`. */
 export const MIGRATIONS_DIR = fileURLToPath(
@@ -30,12 +36,38 @@ export interface MigrateOptions {
 export interface MigrateResult {
   /** 0 on success; for `status`, 1 while migrations are pending. */
   readonly exitCode: number;
+  /** dbmate's output, stdout and stderr as they came. */
   readonly output: string;
+  /** For `up`: the migration files this run applied, in order. */
+  readonly applied: readonly string[];
+  /** For `up`: how many migrations are recorded once it ended. */
+  readonly appliedCount: number;
+  /** dbmate's error, from its `Error: …` line, when it failed. */
+  readonly error?: DbmateError;
+}
+
+/** Why dbmate failed, parsed from its output. */
+export interface DbmateError {
+  /** The message without dbmate's `Error: ` and lib/pq's `pq: ` prefixes. */
+  readonly message: string;
+  /** The migration file being applied or rolled back when it failed, if any. */
+  readonly migration?: string;
 }
 
 /** A connection or input problem the CLI reports in one line. */
 export class MigrationError extends Error {
-  override readonly name = 'MigrationError';
+  override readonly name: string = 'MigrationError';
+}
+
+/** The connected role lacks a privilege the pending migrations need: nothing was applied. */
+export class MigrationPrivilegeError extends MigrationError {
+  override readonly name = 'MigrationPrivilegeError';
+  constructor(
+    message: string,
+    readonly facts: MigrationPrivilegeFacts,
+  ) {
+    super(message);
+  }
 }
 
 // Compiled code lives one level deeper (dist/src/db) than the sources (src/db).
@@ -55,6 +87,11 @@ export async function expectedMigrationVersions(): Promise<string[]> {
 /**
  * Runs dbmate (`migrate --strict`, `rollback`, `status --exit-code`) against `url`
  * with the package's migrations, holding {@link MIGRATION_LOCK} for the duration.
+ *
+ * Before `up` applies anything it checks the role's privileges against what the
+ * migrations need and throws {@link MigrationPrivilegeError} (nothing applied) when
+ * one is missing; a role that may create the `sessions_*` roles, or grant itself
+ * sessions_admin, does that first. Each migration runs in its own transaction.
  *
  * @example
  * await migrate(process.env.DATABASE_URL!, 'up');
@@ -79,15 +116,22 @@ export async function migrate(
       const steps = options.steps ?? 1;
       let output = '';
       for (let step = 0; step < steps; step++) {
-        if ((await appliedCount(lockClient)) === 0) break;
+        if ((await appliedVersions(lockClient)).length === 0) break;
         const result = await runDbmate(url, ['rollback'], options.onOutput);
         output += result.output;
-        if (result.exitCode !== 0) return { exitCode: result.exitCode, output };
+        if (result.exitCode !== 0) return { ...result, output };
       }
-      return { exitCode: 0, output };
+      return { exitCode: 0, output, applied: [], appliedCount: 0 };
     }
-    const args = action === 'up' ? ['migrate', '--strict'] : ['status', '--exit-code'];
-    return await runDbmate(url, args, options.onOutput);
+    if (action === 'status')
+      return await runDbmate(url, ['status', '--exit-code'], options.onOutput);
+    const before = await appliedVersions(lockClient);
+    const expected = await expectedMigrationVersions();
+    if (expected.some((version) => !before.includes(version))) {
+      await checkPrivileges(lockClient);
+    }
+    const result = await runDbmate(url, ['migrate', '--strict'], options.onOutput);
+    return { ...result, appliedCount: (await appliedVersions(lockClient)).length };
   } finally {
     await lockClient
       .query('SELECT pg_advisory_unlock($1, $2)', [...MIGRATION_LOCK])
@@ -96,16 +140,24 @@ export async function migrate(
   }
 }
 
-async function appliedCount(client: pg.Client): Promise<number> {
+/** Throws when the role cannot apply the migrations; creates the roles first if it must and may. */
+async function checkPrivileges(client: pg.Client): Promise<void> {
+  const facts = await readMigrationPrivilegeFacts(client);
+  const verdict = missingMigrationPrivilege(facts);
+  if (!verdict.ok) throw new MigrationPrivilegeError(verdict.missing, facts);
+  if (verdict.prepareRoles) await client.query(rolesSql(facts.role));
+}
+
+async function appliedVersions(client: pg.Client): Promise<string[]> {
   const table = await client.query<{ exists: boolean }>(
     'SELECT to_regclass($1) IS NOT NULL AS exists',
     [MIGRATIONS_TABLE],
   );
-  if (!table.rows[0]?.exists) return 0;
-  const result = await client.query<{ count: string }>(
-    `SELECT count(*) AS count FROM ${MIGRATIONS_TABLE}`,
+  if (!table.rows[0]?.exists) return [];
+  const result = await client.query<{ version: string }>(
+    `SELECT version FROM ${MIGRATIONS_TABLE} ORDER BY version`,
   );
-  return Number(result.rows[0]?.count ?? 0);
+  return result.rows.map((row) => row.version);
 }
 
 function runDbmate(
@@ -130,16 +182,54 @@ function runDbmate(
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
-    const collect = (chunk: Buffer) => {
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
       const text = chunk.toString('utf8');
       output += text;
+      stdout += text;
       onOutput?.(text);
-    };
-    child.stdout.on('data', collect);
-    child.stderr.on('data', collect);
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      output += text;
+      stderr += text;
+    });
     child.once('error', reject);
-    child.once('close', (code) => resolve({ exitCode: code ?? 1, output }));
+    child.once('close', (code) => {
+      const exitCode = code ?? 1;
+      const error = exitCode === 0 ? undefined : parseDbmateError(stdout, stderr);
+      resolve({
+        exitCode,
+        output,
+        // dbmate prints "Applied" before its transaction commits: a failure after it undoes it.
+        applied: appliedFiles(stdout).filter((file) => file !== error?.migration),
+        appliedCount: 0,
+        ...(error ? { error } : {}),
+      });
+    });
   });
+}
+
+/** The files dbmate reports as applied (`Applied: <file> in <duration>`). */
+export function appliedFiles(stdout: string): string[] {
+  return [...stdout.matchAll(/^Applied: (\S+)/gm)].map((match) => match[1] as string);
+}
+
+/**
+ * dbmate's `Error: …` line, and the migration it was working on: one it started
+ * (`Applying:`, `Rolling back:`) and did not finish. dbmate prints "Applied" before
+ * the transaction commits, so the last started file is the one that failed.
+ */
+export function parseDbmateError(stdout: string, stderr: string): DbmateError | undefined {
+  const line = stderr
+    .split('\n')
+    .map((text) => text.trim())
+    .findLast((text) => text.startsWith('Error: '));
+  if (!line) return undefined;
+  const message = line.slice('Error: '.length).replace(/^pq: /, '');
+  const started = [...stdout.matchAll(/^(?:Applying|Rolling back): (\S+)/gm)].at(-1)?.[1];
+  return started ? { message, migration: started } : { message };
 }
 
 /**
