@@ -1,3 +1,4 @@
+import { connectionTarget } from '../db/connection-config.js';
 import { CliError } from './cli-error.js';
 
 /** The connection URL: `--url` first, then `DATABASE_URL`. */
@@ -8,6 +9,11 @@ export function databaseUrl(option: string | undefined): string {
     new URL(url);
   } catch {
     throw new CliError('the database URL does not parse (expected postgres://user@host:port/db)');
+  }
+  try {
+    connectionTarget(url);
+  } catch (error) {
+    throw new CliError(`the database URL's ${(error as Error).message}`);
   }
   return url;
 }
