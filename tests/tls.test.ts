@@ -103,6 +103,7 @@ function assertOneLineFailure(
   result: { code: number | null; stdout: string; stderr: string },
   pattern: RegExp,
 ) {
+  t.log(result.stderr.trim());
   t.is(result.code, 2, result.stderr + result.stdout);
   t.is(result.stdout, '');
   t.regex(result.stderr, /^pg-sessions: [^\n]+\n$/);
