@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import pg from 'pg';
 import { generate } from 'selfsigned';
+import { connectionTarget } from '../src/db/connection-config.js';
 import { forDbmate } from '../src/db/migrator.js';
 import { createTestDatabase, PostgresServer } from '../src/testing/index.js';
 import { unprivilegedUser } from '../src/testing/os-user.js';
@@ -239,4 +240,21 @@ test('an sslmode libpq does not know is refused before connecting', async (t) =>
     'postgres://nobody@127.0.0.1:1/app?sslmode=maybe',
   ]);
   assertOneLineFailure(t, result, /sslmode "maybe" is not one of disable, allow, prefer/);
+});
+
+test('TLS parameters are taken out of the URL; an explicit ssl option is left as given', (t) => {
+  const target = connectionTarget(
+    'postgres://app@db.example:6543/app?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x',
+  );
+  t.deepEqual(target.tls, {
+    mode: 'verify-full',
+    rootCert: '/ca.pem',
+    cert: undefined,
+    key: undefined,
+  });
+  t.deepEqual(target.endpoint, { host: 'db.example', port: 6543 });
+  t.is(target.config.connectionString, 'postgres://app@db.example:6543/app?application_name=x');
+  const explicit = connectionTarget({ connectionString: 'postgres://a@h/d', ssl: false });
+  t.is(explicit.tls, undefined);
+  t.is(connectionTarget('postgres://a@h/d').tls?.mode, 'prefer', "libpq's default");
 });
