@@ -1,6 +1,8 @@
+import { spawn } from 'node:child_process';
 import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import pg from 'pg';
 import { generate } from 'selfsigned';
@@ -258,3 +260,41 @@ test('TLS parameters are taken out of the URL; an explicit ssl option is left as
   t.is(explicit.tls, undefined);
   t.is(connectionTarget('postgres://a@h/d').tls?.mode, 'prefer', "libpq's default");
 });
+
+test.serial(
+  'PG_TEST_URL with a plain URL of a TLS-only server builds migrated test databases',
+  async (t) => {
+    const testing = fileURLToPath(new URL('../src/testing/index.ts', import.meta.url));
+    const script = `
+    import pg from 'pg';
+    import { createTestDatabase } from ${JSON.stringify(testing)};
+    const db = await createTestDatabase();
+    const client = new pg.Client({ connectionString: db.appUrl, ssl: { rejectUnauthorized: false } });
+    await client.connect();
+    const { rows } = await client.query('SELECT count(*)::int AS n FROM sessions.schema_migrations');
+    await client.end();
+    await db.drop();
+    console.log(JSON.stringify(rows[0]));
+  `;
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '-e', script],
+      {
+        env: { ...process.env, PG_TEST_URL: server.url() },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const code = await new Promise((resolve) => child.once('close', resolve));
+    t.is(code, 0, stderr);
+    t.true(JSON.parse(stdout).n > 0, stdout);
+    t.notRegex(stderr, /SECURITY WARNING/);
+  },
+);
