@@ -66,7 +66,10 @@ export function connectionTarget(source: string | pg.ClientConfig): ConnectionTa
   let urlHost: string | undefined;
   let urlPort: string | undefined;
   let urlSetsSsl = false;
-  if (input.connectionString && !input.connectionString.startsWith('/')) {
+  if (input.connectionString?.startsWith('/')) {
+    // node-postgres' "/socket/folder database" form: a Unix socket, never TLS.
+    urlHost = input.connectionString.split(' ')[0];
+  } else if (input.connectionString) {
     const url = parseUrl(input.connectionString);
     if (url) {
       for (const name of TLS_PARAMETERS) {
