@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { resolveConnectionConfig } from '../src/db/connection-config.js';
 import {
   GC_ACTOR,
   type ResolvedSeedOptions,
@@ -60,7 +61,9 @@ const CHUNK = 20_000;
  */
 export async function loadSeed(url: string, options: LoadSeedOptions): Promise<SeedResult> {
   const began = performance.now();
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  const client = new pg.Client(
+    await resolveConnectionConfig({ connectionString: url, connectionTimeoutMillis: 10_000 }),
+  );
   client.on('error', () => {});
   await client.connect();
   try {

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 import type { Logger } from '../logger.js';
 import type { SessionMetrics } from '../metrics.js';
 import { NOTIFY_CHANNEL, parseNotification, type SessionNotification } from './notification.js';
@@ -101,17 +102,18 @@ export class SessionListener extends EventEmitter {
     let config: pg.ClientConfig;
     try {
       // After a failover the router may not know the new primary yet: retry later.
-      config = this.config();
+      // The TLS decision (sslmode) is cached per host:port, so a reconnect asks nothing new.
+      config = await resolveConnectionConfig({
+        application_name: LISTENER_APPLICATION_NAME,
+        keepAlive: true,
+        connectionTimeoutMillis: 5_000,
+        ...this.config(),
+      });
     } catch (error) {
       this.lost(undefined, error);
       return;
     }
-    const client = new pg.Client({
-      application_name: LISTENER_APPLICATION_NAME,
-      keepAlive: true,
-      connectionTimeoutMillis: 5_000,
-      ...config,
-    });
+    const client = new pg.Client(config);
     client.on('error', (error) => this.lost(client, error));
     client.on('end', () => this.lost(client, undefined));
     client.on('notification', (message) => {

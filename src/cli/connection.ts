@@ -1,5 +1,6 @@
 import { userInfo } from 'node:os';
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 import { describeUrl, messageOf } from '../db/migrator.js';
 import { isUnavailableError, SqlState, sqlStateOf } from '../db/sqlstate.js';
 import { CliError, ExitCode } from './cli-error.js';
@@ -56,18 +57,21 @@ const types = {
 
 /** Connects to `url`; a failure becomes one line naming host, port and database. */
 export async function connect(url: string): Promise<pg.Client> {
-  const client = new pg.Client({
-    connectionString: url,
-    connectionTimeoutMillis: 10_000,
-    application_name: CLI_APPLICATION_NAME,
-    types: types as pg.CustomTypesConfig,
-  });
-  // A connection dropped between queries surfaces on the next query; never as a crash.
-  client.on('error', () => {});
+  let client: pg.Client | undefined;
   try {
+    // sslmode as libpq means it: the URL's TLS parameters never reach node-postgres.
+    const config = await resolveConnectionConfig({
+      connectionString: url,
+      connectionTimeoutMillis: 10_000,
+      application_name: CLI_APPLICATION_NAME,
+      types: types as pg.CustomTypesConfig,
+    });
+    client = new pg.Client(config);
+    // A connection dropped between queries surfaces on the next query; never as a crash.
+    client.on('error', () => {});
     await client.connect();
   } catch (error) {
-    await client.end().catch(() => {});
+    await client?.end().catch(() => {});
     throw new CliError(`cannot connect to ${describeUrl(url)}: ${messageOf(error)}`);
   }
   return client;

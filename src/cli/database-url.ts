@@ -1,3 +1,4 @@
+import { connectionTarget } from '../db/connection-config.js';
 import { CliError } from './cli-error.js';
 
 /** The schemes node-postgres and dbmate both read as PostgreSQL. */
@@ -22,6 +23,11 @@ export function databaseUrl(option: string | undefined): string {
     throw new CliError(
       `the database URL is ${parsed.protocol}//…, not PostgreSQL (expected postgres:// or postgresql://)`,
     );
+  }
+  try {
+    connectionTarget(url);
+  } catch (error) {
+    throw new CliError(`the database URL's ${(error as Error).message}`);
   }
   return url;
 }

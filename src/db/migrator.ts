@@ -4,6 +4,11 @@ import { fileURLToPath } from 'node:url';
 import { resolveBinary } from 'dbmate';
 import pg from 'pg';
 import {
+  connectionTarget,
+  negotiatedSslMode,
+  resolveConnectionConfig,
+} from './connection-config.js';
+import {
   type MigrationPrivilegeFacts,
   missingMigrationPrivilege,
   readMigrationPrivilegeFacts,
@@ -101,10 +106,16 @@ export async function migrate(
   action: MigrateAction,
   options: MigrateOptions = {},
 ): Promise<MigrateResult> {
-  const lockClient = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
-  lockClient.on('error', () => {});
+  let lockClient: pg.Client;
+  let dbmateUrl: string;
   try {
+    lockClient = new pg.Client(
+      await resolveConnectionConfig({ connectionString: url, connectionTimeoutMillis: 10_000 }),
+    );
+    lockClient.on('error', () => {});
     await lockClient.connect();
+    // After the lock connection: the server's answer about TLS is cached by now.
+    dbmateUrl = await forDbmate(url);
   } catch (error) {
     throw new MigrationError(`cannot connect to ${describeUrl(url)}: ${messageOf(error)}`, {
       cause: error,
@@ -117,20 +128,20 @@ export async function migrate(
       let output = '';
       for (let step = 0; step < steps; step++) {
         if ((await appliedVersions(lockClient)).length === 0) break;
-        const result = await runDbmate(url, ['rollback'], options.onOutput);
+        const result = await runDbmate(dbmateUrl, ['rollback'], options.onOutput);
         output += result.output;
         if (result.exitCode !== 0) return { ...result, output };
       }
       return { exitCode: 0, output, applied: [], appliedCount: 0 };
     }
     if (action === 'status')
-      return await runDbmate(url, ['status', '--exit-code'], options.onOutput);
+      return await runDbmate(dbmateUrl, ['status', '--exit-code'], options.onOutput);
     const before = await appliedVersions(lockClient);
     const expected = await expectedMigrationVersions();
     if (expected.some((version) => !before.includes(version))) {
       await checkPrivileges(lockClient);
     }
-    const result = await runDbmate(url, ['migrate', '--strict'], options.onOutput);
+    const result = await runDbmate(dbmateUrl, ['migrate', '--strict'], options.onOutput);
     return { ...result, appliedCount: (await appliedVersions(lockClient)).length };
   } finally {
     await lockClient
@@ -178,7 +189,7 @@ function runDbmate(
   return new Promise((resolve, reject) => {
     // The URL travels in the environment, not argv, where `ps` would show its password.
     const child = spawn(resolveBinary(), fullArgs, {
-      env: { ...process.env, PG_SESSIONS_DBMATE_URL: forDbmate(url) },
+      env: { ...process.env, PG_SESSIONS_DBMATE_URL: url },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
@@ -233,12 +244,29 @@ export function parseDbmateError(stdout: string, stderr: string): DbmateError | 
 }
 
 /**
- * dbmate's driver (lib/pq) insists on TLS unless told otherwise, while node-postgres
- * and libpq try TLS only when asked or when available: give dbmate libpq's default.
+ * The URL as dbmate's driver (lib/pq) must see it. lib/pq knows `disable`, `require`,
+ * `verify-ca` and `verify-full` only, and treats a URL without sslmode as `require`:
+ * give it the mode libpq would end up with, `require` when the server offers TLS and
+ * `disable` when it has none (asked once per host:port, see `serverOffersTls`).
+ * Certificate files named by PGSSL* variables are written into the URL, so that
+ * dbmate and node-postgres use the same ones.
  */
-export function forDbmate(url: string): string {
+export async function forDbmate(url: string): Promise<string> {
+  const target = connectionTarget(url);
+  const mode = await negotiatedSslMode(target);
   const parsed = new URL(url);
-  if (!parsed.searchParams.has('sslmode')) parsed.searchParams.set('sslmode', 'prefer');
+  if (mode === undefined || !target.tls) return parsed.toString();
+  for (const name of ['sslmode', 'sslrootcert', 'sslcert', 'sslkey']) {
+    parsed.searchParams.delete(name);
+  }
+  parsed.searchParams.set('sslmode', mode);
+  if (mode !== 'disable') {
+    const { rootCert, cert, key } = target.tls;
+    // `system` (Node's CA list) is lib/pq's default already; it would read it as a file name.
+    if (rootCert && rootCert !== 'system') parsed.searchParams.set('sslrootcert', rootCert);
+    if (cert) parsed.searchParams.set('sslcert', cert);
+    if (key) parsed.searchParams.set('sslkey', key);
+  }
   return parsed.toString();
 }
 

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
-import pg from 'pg';
+import type pg from 'pg';
 import { SessionStoreUnavailableError } from '../errors.js';
+import { createPool } from './connection-config.js';
 import type { SessionDatabase } from './router.js';
 import { isReadOnlyError, isUnavailableError } from './sqlstate.js';
 
@@ -131,7 +132,7 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
       query_timeout: this.#options.statementTimeout + this.#options.connectTimeout,
       ...base,
     };
-    const pool = new pg.Pool(full);
+    const pool = createPool(full);
     pool.on('error', () => {});
     const name = describe(base, index);
     return { name, config: full, pool, role: 'unknown', lsn: undefined, lagMs: undefined };

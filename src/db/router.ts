@@ -1,4 +1,5 @@
-import pg from 'pg';
+import type pg from 'pg';
+import { createPool } from './connection-config.js';
 
 /**
  * Where the store's statements go. `writer()` is the primary; `reader(fence)` is a
@@ -35,9 +36,9 @@ export class SinglePoolDatabase implements SessionDatabase {
     private readonly owned: boolean,
   ) {}
 
-  /** A pool pg-sessions creates (and closes in `close()`). */
+  /** A pool pg-sessions creates (and closes in `close()`), with libpq's sslmode meaning. */
   static create(config: pg.PoolConfig): SinglePoolDatabase {
-    const pool = new pg.Pool(config);
+    const pool = createPool(config);
     // An idle client whose server went away must not crash the process.
     pool.on('error', () => {});
     return new SinglePoolDatabase(pool, config, true);

@@ -13,6 +13,7 @@ import {
 import { join } from 'node:path';
 import { debuglog } from 'node:util';
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 import { type PostgresBinaries, resolveBinaries } from './binaries.js';
 import { type RunAs, unprivilegedUser } from './os-user.js';
 import { delay, PostgresServer } from './postgres-server.js';
@@ -579,7 +580,12 @@ async function withClient<T>(
   server: PostgresServer,
   use: (client: pg.Client) => Promise<T>,
 ): Promise<T> {
-  const client = new pg.Client({ connectionString: server.url(), connectionTimeoutMillis: 5_000 });
+  const client = new pg.Client(
+    await resolveConnectionConfig({
+      connectionString: server.url(),
+      connectionTimeoutMillis: 5_000,
+    }),
+  );
   client.on('error', () => {});
   await client.connect();
   try {

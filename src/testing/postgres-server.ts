@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 import { type PostgresBinaries, resolveBinaries } from './binaries.js';
 import { freePort } from './free-port.js';
 import { type RunAs, unprivilegedUser } from './os-user.js';
@@ -110,7 +111,7 @@ export class PostgresServer {
 
   /** A connection URL for `database` as the superuser. */
   url(database = 'postgres'): string {
-    return `postgres://${this.user}@${this.host}:${this.port}/${encodeURIComponent(database)}?sslmode=disable`;
+    return `postgres://${this.user}@${this.host}:${this.port}/${encodeURIComponent(database)}`;
   }
 
   get running(): boolean {
@@ -208,16 +209,23 @@ export class PostgresServer {
   }
 
   private async acceptsConnections(): Promise<boolean> {
-    const client = new pg.Client({ connectionString: this.url(), connectionTimeoutMillis: 1000 });
-    client.on('error', () => {});
+    let client: pg.Client | undefined;
     try {
+      // Through the sslmode rules, so that a server with `ssl = on` and hostssl-only rules starts too.
+      client = new pg.Client(
+        await resolveConnectionConfig({
+          connectionString: this.url(),
+          connectionTimeoutMillis: 1000,
+        }),
+      );
+      client.on('error', () => {});
       await client.connect();
       await client.query('SELECT 1');
       return true;
     } catch {
       return false;
     } finally {
-      await client.end().catch(() => {});
+      await client?.end().catch(() => {});
     }
   }
 

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 
 /**
  * A readable, deterministic listing of everything in schema `sessions` (tables,
@@ -8,7 +9,7 @@ import pg from 'pg';
  * the tests fail when a migration changes the schema without updating it.
  */
 export async function schemaSnapshot(url: string, schema = 'sessions'): Promise<string> {
-  const client = new pg.Client({ connectionString: url });
+  const client = new pg.Client(await resolveConnectionConfig(url));
   await client.connect();
   try {
     const sections: string[] = [];

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 import { MIGRATIONS_DIR, migrate } from '../db/migrator.js';
 import { delay } from './postgres-server.js';
 import { type TestServer, testServer } from './test-server.js';
@@ -137,7 +138,7 @@ async function migrationsHash(): Promise<string> {
 }
 
 async function withAdmin<T>(adminUrl: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: adminUrl });
+  const client = new pg.Client(await resolveConnectionConfig(adminUrl));
   client.on('error', () => {});
   await client.connect();
   try {

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { resolveConnectionConfig } from '../db/connection-config.js';
 import { resolveBinaries } from './binaries.js';
 import { PostgresServer } from './postgres-server.js';
 
@@ -77,7 +78,7 @@ async function startContainer(): Promise<TestServer> {
     .withPassword('postgres')
     .withDatabase('postgres')
     .start();
-  const adminUrl = `${container.getConnectionUri()}?sslmode=disable`;
+  const adminUrl = container.getConnectionUri();
   return {
     backend: 'testcontainers',
     adminUrl,
@@ -89,7 +90,9 @@ async function startContainer(): Promise<TestServer> {
 }
 
 async function majorVersion(url: string): Promise<number> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  const client = new pg.Client(
+    await resolveConnectionConfig({ connectionString: url, connectionTimeoutMillis: 10_000 }),
+  );
   await client.connect();
   try {
     const result = await client.query<{ v: string }>(
