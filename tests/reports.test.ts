@@ -27,6 +27,8 @@ let tenants: readonly string[];
 test.before(async () => {
   ({ db, admin } = await setupDatabase());
   auditor = new pg.Pool({ connectionString: db.auditorUrl, max: 2 });
+  // Its clients may still be closing when the database is dropped WITH (FORCE).
+  auditor.on('error', () => {});
   const result = await loadSeed(db.url, SEED);
   seededAt = result.now.getTime();
   tenants = result.tenants;

@@ -1,6 +1,6 @@
 /**
  * The reports `pg-sessions report` can print: the reporting views of schema
- * `sessions` (migrations 20260101000003 and 20260101000004), each with the column a
+ * `sessions` (migration 20260101000004_audit_and_reporting), each with the column a
  * `--since` filters on and the order that reads best. Only these names ever reach
  * the SQL text.
  */

@@ -1,42 +1,45 @@
 -- migrate:up
--- The audit trail's last pieces: one ending per session in the event log, event
--- retention, cross-tenant revocation for operators, and the reporting views that
--- read the log (history counts, not only the live rows).
+-- Maintenance and reading: garbage collection, event retention and cross-tenant
+-- revocation (definer functions owned by sessions_admin), and the auditor's reporting
+-- views over the sessions and the event log.
 
--- A deletion says how the session ended: 'destroyed' only for a live row (logout);
--- removing a row that had already ended is 'purged' (revoked earlier) or 'expired'
--- (past its expiry), whoever deletes it, inside gc_batch (reason 'gc') or not. So a
--- session has at most one ending event (revoked, expired or destroyed), which the
--- reports below count; before, a revoked row deleted outside GC ended twice.
-CREATE OR REPLACE FUNCTION sessions.log_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+-- Garbage collection: deletes at most batch_size expired or revoked rows, skipping
+-- rows that requests hold locked, so it never waits on traffic and two collectors
+-- never take the same row. Call until it returns less than batch_size, each call in
+-- its own transaction. The delete trigger logs 'expired' or 'purged' with reason 'gc'.
+CREATE FUNCTION sessions.gc_batch(batch_size integer DEFAULT 500)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  by_gc boolean := current_setting('sessions.delete_reason', true) = 'gc';
-  entries jsonb;
+  deleted integer;
 BEGIN
-  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, reason, actor)
-  SELECT o.tenant_id, o.id, o.user_id,
-         CASE WHEN o.revoked_at IS NOT NULL THEN 'purged'
-              WHEN o.expires_at <= now() THEN 'expired'
-              ELSE 'destroyed' END,
-         o.version, CASE WHEN by_gc THEN 'gc' END, sessions.current_actor()
-    FROM old_rows o;
-  SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version))
-    INTO entries FROM old_rows o;
-  IF entries IS NOT NULL THEN
-    PERFORM sessions.notify_changes('delete', entries);
+  IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
+    RAISE EXCEPTION 'sessions.gc_batch: batch_size must be between 1 and 10000, got %', batch_size
+      USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  RETURN NULL;
+  PERFORM set_config('sessions.delete_reason', 'gc', true);
+  WITH doomed AS (
+    SELECT tenant_id, id FROM sessions.session
+     WHERE expires_at <= now() OR revoked_at IS NOT NULL
+     LIMIT batch_size
+     FOR UPDATE SKIP LOCKED
+  )
+  DELETE FROM sessions.session s USING doomed d
+   WHERE s.tenant_id = d.tenant_id AND s.id = d.id;
+  GET DIAGNOSTICS deleted = ROW_COUNT;
+  PERFORM set_config('sessions.delete_reason', '', true);
+  RETURN deleted;
 END
 $$;
 
 -- Retention: deletes at most batch_size events older than older_than (by the
 -- database's clock). Call until it returns less than batch_size, each call in its
--- own transaction (`pg-sessions prune-events` does), so no call holds locks for long. Only this function deletes
--- events; nobody may update them. No FOR UPDATE: that needs UPDATE on the log, which
--- nobody has; concurrent calls take turns on a transaction-level advisory lock
--- instead, so neither stops early on rows the other is deleting.
+-- own transaction (`pg-sessions prune-events` does), so no call holds locks for long.
+-- Only this function deletes events; nobody may update them. No FOR UPDATE: that needs
+-- UPDATE on the log, which nobody has; concurrent calls take turns on a
+-- transaction-level advisory lock instead, so neither stops early on rows the other is
+-- deleting.
 CREATE FUNCTION sessions.prune_events(older_than interval, batch_size integer DEFAULT 5000)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -138,22 +141,32 @@ AS $$
   END
 $$;
 
--- Reporting reads the log by tenant and time: the BRIN on occurred_at serves
--- cross-tenant time ranges, this one a tenant's timeline. The views group by UTC day,
--- so a filter on their `day` column is on this expression: a BRIN on it (a few pages
--- even at tens of millions of events, since the log is written in time order) keeps
--- `WHERE day >= …` from reading the whole log.
-CREATE INDEX event_tenant_occurred_at_idx ON sessions.event (tenant_id, occurred_at);
--- Revocations are a small share of the log and the only kind a report looks up by user:
--- a partial index on them replaces the (kind, occurred_at) index over every event, which
--- cost as much to maintain as any other index and served no query the BRIN does not.
-DROP INDEX sessions.event_kind_idx;
-CREATE INDEX event_revoked_idx ON sessions.event (tenant_id, user_id, occurred_at)
-  WHERE kind = 'revoked';
-CREATE INDEX event_day_brin ON sessions.event USING brin (((occurred_at AT TIME ZONE 'UTC')::date));
-
 -- Reporting views. security_invoker: the reader's own privileges and policies apply,
--- and none of them names token_hash or data. Days and hours are UTC.
+-- and none of them names token_hash or data. Live = not revoked, not expired. Days and
+-- hours are UTC.
+
+-- Live sessions per tenant, and per user.
+CREATE VIEW sessions.active_sessions_per_tenant WITH (security_invoker = true) AS
+SELECT tenant_id,
+       count(*) AS active_sessions,
+       count(DISTINCT user_id) AS users,
+       count(*) FILTER (WHERE user_id IS NULL) AS anonymous_sessions,
+       min(created_at) AS oldest_created_at,
+       max(created_at) AS newest_created_at
+  FROM sessions.session
+ WHERE revoked_at IS NULL AND expires_at > now()
+ GROUP BY tenant_id;
+
+CREATE VIEW sessions.sessions_per_user WITH (security_invoker = true) AS
+SELECT tenant_id,
+       user_id,
+       count(*) AS active_sessions,
+       count(DISTINCT ip) AS distinct_ips,
+       max(last_seen_at) AS last_seen_at,
+       min(created_at) AS first_created_at
+  FROM sessions.session
+ WHERE user_id IS NOT NULL AND revoked_at IS NULL AND expires_at > now()
+ GROUP BY tenant_id, user_id;
 
 -- Live sessions of users, one row per device: who is logged in from where.
 CREATE VIEW sessions.user_devices WITH (security_invoker = true) AS
@@ -301,24 +314,27 @@ SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
  GROUP BY 1, 2, 3
 HAVING count(DISTINCT network) >= 4;
 
--- Ownership and privileges. New functions are executable by PUBLIC by default: not these.
-REVOKE EXECUTE ON FUNCTION sessions.prune_events(interval, integer),
+-- New functions are executable by PUBLIC by default: not these.
+REVOKE EXECUTE ON FUNCTION sessions.gc_batch(integer),
+                           sessions.prune_events(interval, integer),
                            sessions.check_revocation_reason(text),
                            sessions.revoke_session(uuid, text, text),
                            sessions.revoke_user(text, text, text),
                            sessions.network_prefix(inet)
   FROM PUBLIC;
--- Retention may delete events; nobody may update them.
-GRANT DELETE ON sessions.event TO sessions_admin;
--- Hand the definer functions to sessions_admin (see 20260101000002 for why CREATE).
+GRANT EXECUTE ON FUNCTION sessions.gc_batch(integer) TO sessions_app, sessions_admin;
+-- Hand the definer functions to sessions_admin (see 20260101000003 for why CREATE).
 GRANT CREATE ON SCHEMA sessions TO sessions_admin;
+ALTER FUNCTION sessions.gc_batch(integer) OWNER TO sessions_admin;
 ALTER FUNCTION sessions.prune_events(interval, integer) OWNER TO sessions_admin;
 ALTER FUNCTION sessions.revoke_session(uuid, text, text) OWNER TO sessions_admin;
 ALTER FUNCTION sessions.revoke_user(text, text, text) OWNER TO sessions_admin;
 REVOKE CREATE ON SCHEMA sessions FROM sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.check_revocation_reason(text) TO sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.network_prefix(inet) TO sessions_auditor, sessions_admin;
-GRANT SELECT ON sessions.user_devices,
+GRANT SELECT ON sessions.active_sessions_per_tenant,
+                sessions.sessions_per_user,
+                sessions.user_devices,
                 sessions.daily_session_counts,
                 sessions.peak_sessions_per_hour,
                 sessions.users_with_many_sessions,
@@ -333,35 +349,11 @@ DROP VIEW sessions.users_with_many_sessions;
 DROP VIEW sessions.peak_sessions_per_hour;
 DROP VIEW sessions.daily_session_counts;
 DROP VIEW sessions.user_devices;
-DROP INDEX sessions.event_day_brin;
-DROP INDEX sessions.event_revoked_idx;
-CREATE INDEX event_kind_idx ON sessions.event (kind, occurred_at);
-DROP INDEX sessions.event_tenant_occurred_at_idx;
+DROP VIEW sessions.sessions_per_user;
+DROP VIEW sessions.active_sessions_per_tenant;
 DROP FUNCTION sessions.network_prefix(inet);
 DROP FUNCTION sessions.revoke_user(text, text, text);
 DROP FUNCTION sessions.revoke_session(uuid, text, text);
 DROP FUNCTION sessions.check_revocation_reason(text);
 DROP FUNCTION sessions.prune_events(interval, integer);
-REVOKE DELETE ON sessions.event FROM sessions_admin;
-
--- log_delete as 20260101000001 created it.
-CREATE OR REPLACE FUNCTION sessions.log_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  by_gc boolean := current_setting('sessions.delete_reason', true) = 'gc';
-  entries jsonb;
-BEGIN
-  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, reason, actor)
-  SELECT o.tenant_id, o.id, o.user_id,
-         CASE WHEN NOT by_gc THEN 'destroyed' WHEN o.revoked_at IS NULL THEN 'expired' ELSE 'purged' END,
-         o.version, CASE WHEN by_gc THEN 'gc' END, sessions.current_actor()
-    FROM old_rows o;
-  SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version))
-    INTO entries FROM old_rows o;
-  IF entries IS NOT NULL THEN
-    PERFORM sessions.notify_changes('delete', entries);
-  END IF;
-  RETURN NULL;
-END
-$$;
+DROP FUNCTION sessions.gc_batch(integer);

@@ -1,6 +1,9 @@
 -- migrate:up
+-- Who may do what. Needs no CREATEROLE when a DBA has created the three roles and
+-- granted sessions_admin to the migrating role: then this only grants on our own objects.
+
 -- Roles are cluster-wide: create them only if missing (another database on the
--- cluster may have made them already). All NOLOGIN: grant them to login roles.
+-- cluster, or a DBA, may have made them already). All NOLOGIN: grant them to login roles.
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sessions_app') THEN
@@ -12,7 +15,8 @@ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sessions_admin') THEN
     CREATE ROLE sessions_admin NOLOGIN;
   END IF;
-  -- The migrating role must be able to hand functions over to sessions_admin.
+  -- The migrating role must be able to hand functions over to sessions_admin
+  -- (20260101000003 and 000004).
   IF NOT pg_has_role(current_user, 'sessions_admin', 'MEMBER') THEN
     EXECUTE format('GRANT sessions_admin TO %I', current_user);
   END IF;
@@ -22,9 +26,10 @@ $$;
 REVOKE ALL ON SCHEMA sessions FROM PUBLIC;
 GRANT USAGE ON SCHEMA sessions TO sessions_app, sessions_auditor, sessions_admin;
 REVOKE ALL ON ALL TABLES IN SCHEMA sessions FROM PUBLIC;
-REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA sessions FROM PUBLIC;
 
--- The middleware: reads and writes sessions of its tenant, never the event log.
+-- The middleware: reads and writes sessions of its tenant, never the event log (its
+-- changes reach the log through the triggers). Version, timestamps of creation and
+-- update are the database's, never the client's.
 GRANT SELECT, DELETE ON sessions.session TO sessions_app;
 GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at,
               absolute_expires_at, revoked_at, revoked_reason, ip, user_agent)
@@ -32,8 +37,8 @@ GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_a
 GRANT UPDATE (data, user_id, token_hash, last_seen_at, idle_expires_at, absolute_expires_at,
               revoked_at, revoked_reason)
   ON sessions.session TO sessions_app;
+-- For the middleware's start-up check that the schema matches the code.
 GRANT SELECT ON sessions.schema_migrations TO sessions_app, sessions_auditor;
-GRANT EXECUTE ON FUNCTION sessions.gc_batch(integer) TO sessions_app, sessions_admin;
 
 -- The auditor: everything but the secrets (token_hash) and the contents (data).
 GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen_at,
@@ -42,25 +47,11 @@ GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen
   ON sessions.session TO sessions_auditor;
 GRANT SELECT ON sessions.event TO sessions_auditor;
 
--- Maintenance: GC, cross-tenant revocation, event retention (through definer functions).
+-- Maintenance across tenants (GC, revocation, event retention), mostly through the
+-- definer functions it owns. It alone may write events; nobody may update them, and
+-- only retention (sessions.prune_events) deletes them.
 GRANT SELECT, UPDATE, DELETE ON sessions.session TO sessions_admin;
-GRANT SELECT, INSERT ON sessions.event TO sessions_admin;
-
--- The trigger-side functions run as sessions_admin, which alone may write events.
--- (A non-superuser may only give a function to a role that can create in its schema:
--- grant that for the hand-over and take it back.)
-GRANT CREATE ON SCHEMA sessions TO sessions_admin;
-ALTER FUNCTION sessions.log_insert() OWNER TO sessions_admin;
-ALTER FUNCTION sessions.log_update() OWNER TO sessions_admin;
-ALTER FUNCTION sessions.log_delete() OWNER TO sessions_admin;
-ALTER FUNCTION sessions.gc_batch(integer) OWNER TO sessions_admin;
-REVOKE CREATE ON SCHEMA sessions FROM sessions_admin;
-GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session) TO sessions_app;
-GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session),
-                          sessions.changed_keys(jsonb, jsonb),
-                          sessions.notify_changes(text, jsonb),
-                          sessions.current_actor()
-  TO sessions_admin;
+GRANT SELECT, INSERT, DELETE ON sessions.event TO sessions_admin;
 
 -- Row-level security, forced so that even the owner goes through the policies.
 ALTER TABLE sessions.session ENABLE ROW LEVEL SECURITY;
@@ -89,21 +80,14 @@ ALTER TABLE sessions.event DISABLE ROW LEVEL SECURITY;
 ALTER TABLE sessions.session NO FORCE ROW LEVEL SECURITY;
 ALTER TABLE sessions.session DISABLE ROW LEVEL SECURITY;
 
-ALTER FUNCTION sessions.log_insert() OWNER TO CURRENT_USER;
-ALTER FUNCTION sessions.log_update() OWNER TO CURRENT_USER;
-ALTER FUNCTION sessions.log_delete() OWNER TO CURRENT_USER;
-ALTER FUNCTION sessions.gc_batch(integer) OWNER TO CURRENT_USER;
-
 REVOKE ALL ON ALL TABLES IN SCHEMA sessions FROM sessions_app, sessions_auditor, sessions_admin;
 REVOKE ALL (tenant_id, id, token_hash, user_id, data, version, created_at, updated_at, last_seen_at,
             idle_expires_at, absolute_expires_at, expires_at, revoked_at, revoked_reason, ip, user_agent)
   ON sessions.session FROM sessions_app, sessions_auditor, sessions_admin;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA sessions FROM sessions_app, sessions_auditor, sessions_admin;
 REVOKE ALL ON SCHEMA sessions FROM sessions_app, sessions_auditor, sessions_admin;
-GRANT USAGE ON SCHEMA sessions TO PUBLIC;
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA sessions TO PUBLIC;
 
--- Dropped only when no other database of the cluster still uses them.
+-- Dropped only when no other database of the cluster still uses them, and only by a
+-- role allowed to (roles a DBA created stay the DBA's).
 DO $$
 DECLARE
   role_name text;
@@ -111,8 +95,11 @@ BEGIN
   FOREACH role_name IN ARRAY ARRAY['sessions_app', 'sessions_auditor', 'sessions_admin'] LOOP
     BEGIN
       EXECUTE format('DROP ROLE IF EXISTS %I', role_name);
-    EXCEPTION WHEN dependent_objects_still_exist OR object_in_use THEN
-      RAISE NOTICE 'role % is still used elsewhere in the cluster and is kept', role_name;
+    EXCEPTION
+      WHEN dependent_objects_still_exist OR object_in_use THEN
+        RAISE NOTICE 'role % is still used elsewhere in the cluster and is kept', role_name;
+      WHEN insufficient_privilege THEN
+        RAISE NOTICE 'role % is kept: % may not drop it', role_name, current_user;
     END;
   END LOOP;
 END
