@@ -25,7 +25,12 @@ export {
   type RouterCounters,
 } from './db/replica-router.js';
 export { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
-export type { EventTable, SessionsDatabase, SessionTable } from './db/schema.js';
+export type {
+  EventTable,
+  RequestDatabase,
+  SessionsDatabase,
+  SessionTable,
+} from './db/schema.js';
 export { SqlState } from './db/sqlstate.js';
 export {
   SessionConflictError,

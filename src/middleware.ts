@@ -4,7 +4,7 @@ import { sql, type Transaction } from 'kysely';
 import { SessionControl } from './control.js';
 import { readToken } from './cookie.js';
 import { TransactionRunner } from './db/runner.js';
-import type { SessionsDatabase } from './db/schema.js';
+import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
 import { SessionError, SessionLockTimeoutError, SessionStoreUnavailableError } from './errors.js';
@@ -24,8 +24,11 @@ declare module 'koa' {
     set session(value: Record<string, unknown> | null);
     /** Session operations beyond koa-session: id, regenerate, bindUser, revoke… */
     sessions: SessionControl;
-    /** The request's transaction in `transaction: 'request'` (or lock) mode. */
-    db?: Transaction<SessionsDatabase>;
+    /**
+     * The request's transaction in `transaction: 'request'` (or lock) mode, typed with
+     * {@link RequestDatabase}: extend that interface with the application's tables.
+     */
+    db?: Transaction<RequestDatabase>;
     [STATE]?: RequestState;
   }
 }
@@ -115,7 +118,9 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
         state.runner = new TransactionRunner(trx, metrics);
         state.inTransaction = true;
         await guard(() => loadSession(engine, state, state.mode === 'lock'));
-        ctx.db = trx;
+        // The application's tables are its own declaration (RequestDatabase); at run time
+        // a Kysely transaction reaches any table the role may use.
+        ctx.db = trx as unknown as Transaction<RequestDatabase>;
         try {
           await next();
         } finally {
