@@ -63,6 +63,6 @@ export type {
   SessionOptions,
   TransactionMode,
 } from './options.js';
-export { registerPrometheusMetrics } from './prometheus.js';
+export { type PrometheusRegistry, registerPrometheusMetrics } from './prometheus.js';
 export type { Session } from './session.js';
 export type { DeviceSession, SessionRecord } from './store.js';
