@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import type Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
 import { sql, type Transaction } from 'kysely';
 import { SessionControl } from './control.js';
@@ -7,10 +8,20 @@ import { TransactionRunner } from './db/runner.js';
 import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
-import { SessionError, SessionLockTimeoutError, SessionStoreUnavailableError } from './errors.js';
+import {
+  SessionError,
+  SessionLockTimeoutError,
+  SessionOptionsError,
+  SessionStoreUnavailableError,
+} from './errors.js';
 import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
-import { type ResolvedOptions, resolveOptions, type SessionOptions } from './options.js';
+import {
+  checkAppKeys,
+  type ResolvedOptions,
+  resolveOptions,
+  type SessionOptions,
+} from './options.js';
 import { RequestState } from './request-state.js';
 import { replaceData, type Session } from './session.js';
 import { commitSession, loadSession } from './session-flow.js';
@@ -59,9 +70,24 @@ export interface SessionMiddleware extends Middleware {
  * app.keys = ['a long random secret'];
  * app.use(sessions({ database: process.env.DATABASE_URL }));
  * app.use((ctx) => { ctx.session!.views = Number(ctx.session!.views ?? 0) + 1; });
+ *
+ * Given the app as well (`sessions(options, app)` or `sessions(app, options)`, the two
+ * forms koa-session accepts), `app.keys` is checked at once rather than at start.
  */
-export function sessions(options: SessionOptions = {}): SessionMiddleware {
-  const resolved = resolveOptions(options);
+export function sessions(app: Koa, options?: SessionOptions): SessionMiddleware;
+export function sessions(options?: SessionOptions, app?: Koa): SessionMiddleware;
+export function sessions(
+  first?: SessionOptions | Koa,
+  second?: SessionOptions | Koa,
+): SessionMiddleware {
+  const [options, app] = isApp(first)
+    ? [second as SessionOptions | undefined, first]
+    : [first, second as Koa | undefined];
+  if (app !== undefined && !isApp(app)) {
+    throw new SessionOptionsError('app', 'the second argument must be the Koa application');
+  }
+  const resolved = resolveOptions(options ?? {});
+  if (app) checkAppKeys(app.keys, resolved.cookie);
   const engine = new SessionEngine(resolved);
   const { metrics } = engine;
   const events = new EventEmitter();
@@ -71,6 +97,7 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
 
   const middleware = async (ctx: Context, next: Next): Promise<void> => {
     installAccessors(ctx);
+    checkAppKeys(ctx.app.keys, resolved.cookie);
     await guard(() => engine.start());
     metrics.increment('requests');
     const tenantId = validTenant(resolved.tenant(ctx));
@@ -152,7 +179,14 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
   }
 
   const api = Object.assign(middleware, {
-    start: () => engine.start(),
+    start: () => {
+      try {
+        if (app) checkAppKeys(app.keys, resolved.cookie);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      return engine.start();
+    },
     close: () => engine.close(),
     collectGarbage: async () => engine.gc?.runOnce(),
     flushTouches: () => engine.touches.flush(),
@@ -177,6 +211,11 @@ function translate(error: unknown): unknown {
     });
   }
   return error;
+}
+
+/** A Koa application, told from an options object the way koa-session does. */
+function isApp(value: unknown): value is Koa {
+  return typeof (value as { use?: unknown } | undefined)?.use === 'function';
 }
 
 function validTenant(tenant: unknown): string {
