@@ -87,10 +87,17 @@ export class SessionSchemaError extends SessionError {
   }
 }
 
-/** An option is missing or wrong; thrown by `sessions()` at construction, never per request. */
+/**
+ * An option is missing or wrong: thrown by `sessions()` and `new ReplicaRouter()` at
+ * construction, and for `app.keys` when the middleware starts, never later.
+ */
 export class SessionOptionsError extends SessionError {
   override readonly name = 'SessionOptionsError';
-  constructor(option: string, problem: string) {
+  /** The option at fault, as the caller wrote it: `cookie.name`, `hosts[0]`, `app.keys[0]`. */
+  constructor(
+    readonly option: string,
+    problem: string,
+  ) {
     super(`pg-sessions option ${option}: ${problem}`, 'SESSION_OPTIONS_INVALID', 500, false);
   }
 }

@@ -25,7 +25,12 @@ export {
   type RouterCounters,
 } from './db/replica-router.js';
 export { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
-export type { EventTable, SessionsDatabase, SessionTable } from './db/schema.js';
+export type {
+  EventTable,
+  RequestDatabase,
+  SessionsDatabase,
+  SessionTable,
+} from './db/schema.js';
 export { SqlState } from './db/sqlstate.js';
 export {
   SessionConflictError,
@@ -59,6 +64,6 @@ export type {
   SessionOptions,
   TransactionMode,
 } from './options.js';
-export { registerPrometheusMetrics } from './prometheus.js';
+export { type PrometheusRegistry, registerPrometheusMetrics } from './prometheus.js';
 export type { Session } from './session.js';
 export type { DeviceSession, SessionRecord } from './store.js';

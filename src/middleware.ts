@@ -1,16 +1,27 @@
 import { EventEmitter } from 'node:events';
+import type Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
 import { sql, type Transaction } from 'kysely';
 import { ContextSession } from './context-session.js';
 import { SessionControl } from './control.js';
 import { readToken } from './cookie.js';
-import type { SessionsDatabase } from './db/schema.js';
+import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
-import { SessionError, SessionLockTimeoutError, SessionStoreUnavailableError } from './errors.js';
+import {
+  SessionError,
+  SessionLockTimeoutError,
+  SessionOptionsError,
+  SessionStoreUnavailableError,
+} from './errors.js';
 import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
-import { type ResolvedOptions, resolveOptions, type SessionOptions } from './options.js';
+import {
+  checkAppKeys,
+  type ResolvedOptions,
+  resolveOptions,
+  type SessionOptions,
+} from './options.js';
 import type { Session } from './session.js';
 
 const CONTEXT_SESSION = Symbol('pg-sessions.context-session');
@@ -22,8 +33,11 @@ declare module 'koa' {
     set session(value: Record<string, unknown> | null);
     /** Session operations beyond koa-session: id, regenerate, bindUser, revoke… */
     sessions: SessionControl;
-    /** The request's transaction in `transaction: 'request'` (or lock) mode. */
-    db?: Transaction<SessionsDatabase>;
+    /**
+     * The request's transaction in `transaction: 'request'` (or lock) mode, typed with
+     * {@link RequestDatabase}: extend that interface with the application's tables.
+     */
+    db?: Transaction<RequestDatabase>;
     [CONTEXT_SESSION]?: ContextSession;
   }
 }
@@ -54,9 +68,24 @@ export interface SessionMiddleware extends Middleware {
  * app.keys = ['a long random secret'];
  * app.use(sessions({ database: process.env.DATABASE_URL }));
  * app.use((ctx) => { ctx.session!.views = Number(ctx.session!.views ?? 0) + 1; });
+ *
+ * Given the app as well (`sessions(options, app)` or `sessions(app, options)`, the two
+ * forms koa-session accepts), `app.keys` is checked at once rather than at start.
  */
-export function sessions(options: SessionOptions = {}): SessionMiddleware {
-  const resolved = resolveOptions(options);
+export function sessions(app: Koa, options?: SessionOptions): SessionMiddleware;
+export function sessions(options?: SessionOptions, app?: Koa): SessionMiddleware;
+export function sessions(
+  first?: SessionOptions | Koa,
+  second?: SessionOptions | Koa,
+): SessionMiddleware {
+  const [options, app] = isApp(first)
+    ? [second as SessionOptions | undefined, first]
+    : [first, second as Koa | undefined];
+  if (app !== undefined && !isApp(app)) {
+    throw new SessionOptionsError('app', 'the second argument must be the Koa application');
+  }
+  const resolved = resolveOptions(options ?? {});
+  if (app) checkAppKeys(app.keys, resolved.cookie);
   const engine = new SessionEngine(resolved);
   const { metrics } = engine;
   const events = new EventEmitter();
@@ -66,6 +95,7 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
 
   const middleware = async (ctx: Context, next: Next): Promise<void> => {
     installAccessors(ctx);
+    checkAppKeys(ctx.app.keys, resolved.cookie);
     await guard(() => engine.start());
     metrics.increment('requests');
     const tenantId = validTenant(resolved.tenant(ctx));
@@ -102,7 +132,9 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
           set_config('lock_timeout', ${`${resolved.lockTimeout}ms`}, true)`.execute(trx);
         context.useTransaction(trx);
         await guard(() => context.load(context.mode === 'lock'));
-        ctx.db = trx;
+        // The application's tables are its own declaration (RequestDatabase); at run time
+        // a Kysely transaction reaches any table the role may use.
+        ctx.db = trx as unknown as Transaction<RequestDatabase>;
         try {
           await next();
         } finally {
@@ -134,7 +166,14 @@ export function sessions(options: SessionOptions = {}): SessionMiddleware {
   }
 
   const api = Object.assign(middleware, {
-    start: () => engine.start(),
+    start: () => {
+      try {
+        if (app) checkAppKeys(app.keys, resolved.cookie);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      return engine.start();
+    },
     close: () => engine.close(),
     collectGarbage: async () => engine.gc?.runOnce(),
     flushTouches: () => engine.touches.flush(),
@@ -159,6 +198,11 @@ function translate(error: unknown): unknown {
     });
   }
   return error;
+}
+
+/** A Koa application, told from an options object the way koa-session does. */
+function isApp(value: unknown): value is Koa {
+  return typeof (value as { use?: unknown } | undefined)?.use === 'function';
 }
 
 function validTenant(tenant: unknown): string {

@@ -259,7 +259,13 @@ export function resolveOptions(options: SessionOptions = {}): ResolvedOptions {
   });
 }
 
-function duration(name: string, value: number | undefined, fallback: number, allowZero = false) {
+/** A positive (or, with `allowZero`, non-negative) finite number, else the option's error. */
+export function duration(
+  name: string,
+  value: number | undefined,
+  fallback: number,
+  allowZero = false,
+): number {
   const resolved = value ?? fallback;
   if (!Number.isFinite(resolved) || resolved < 0 || (!allowZero && resolved === 0)) {
     throw new SessionOptionsError(name, `must be a positive number, got ${String(value)}`);
@@ -267,7 +273,8 @@ function duration(name: string, value: number | undefined, fallback: number, all
   return resolved;
 }
 
-function postgresUrl(name: string, value: string | undefined): string | undefined {
+/** A postgres:// or postgresql:// URL, else the option's error. */
+export function postgresUrl(name: string, value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
   let protocol: string | undefined;
   try {
@@ -313,4 +320,34 @@ function choice<T extends string>(
     throw new SessionOptionsError(name, `"${fixed}" is not one of ${allowed.join(', ')}`);
   }
   return () => fixed;
+}
+
+/**
+ * The keys Koa signs cookies with (`app.keys`), checked when the middleware starts: a key
+ * that is undefined or empty (an unset environment variable, typically) would otherwise
+ * fail every response that sets a signed cookie, deep inside keygrip.
+ */
+export function checkAppKeys(keys: unknown, cookie: ResolvedCookieOptions): void {
+  if (cookie.signed === false) return;
+  const fix =
+    'set app.keys to one or more long random secrets before the first request (app.keys = [process.env.SESSION_SECRET] needs SESSION_SECRET set)';
+  if (Array.isArray(keys)) {
+    keys.forEach((key: unknown, index) => {
+      const usable = (typeof key === 'string' || Buffer.isBuffer(key)) && key.length > 0;
+      if (!usable) {
+        const what = key === undefined ? 'undefined' : `an empty or unusable key (${typeof key})`;
+        throw new SessionOptionsError(`app.keys[${index}]`, `is ${what}: ${fix}`);
+      }
+    });
+    if (keys.length > 0 || cookie.signed !== true) return;
+  } else if (keys !== undefined && keys !== null) {
+    if (typeof (keys as { sign?: unknown }).sign === 'function') return; // a Keygrip
+    throw new SessionOptionsError('app.keys', `is not an array of secrets: ${fix}`);
+  } else if (cookie.signed !== true) {
+    return;
+  }
+  throw new SessionOptionsError(
+    'app.keys',
+    `is empty but cookie.signed is true: ${fix}, or leave cookie.signed at 'auto'`,
+  );
 }

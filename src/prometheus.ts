@@ -35,6 +35,15 @@ const TIMING_HELP: Readonly<Record<TimingName, string>> = {
 };
 
 /**
+ * A prom-client `Registry`, described by the one method every registry has, so that the
+ * published declarations do not import prom-client (an optional peer a TypeScript
+ * consumer may not have installed).
+ */
+export interface PrometheusRegistry {
+  registerMetric(metric: never): void;
+}
+
+/**
  * Publishes the middleware's metrics in a prom-client registry (prom-client is an
  * optional peer dependency: install it to use this). Values are read at scrape time:
  * counters as `<prefix><name>_total` counters, the load, save, touch flush and GC
@@ -47,10 +56,10 @@ const TIMING_HELP: Readonly<Record<TimingName, string>> = {
  */
 export async function registerPrometheusMetrics(
   metrics: SessionMetrics,
-  options: { registry?: Registry; prefix?: string } = {},
+  options: { registry?: PrometheusRegistry; prefix?: string } = {},
 ): Promise<void> {
   const client = await import('prom-client');
-  const registry = options.registry ?? client.register;
+  const registry = (options.registry as Registry | undefined) ?? client.register;
   const prefix = options.prefix ?? 'pg_sessions_';
   for (const [name, help] of Object.entries(COUNTER_HELP) as [CounterName, string][]) {
     new client.Counter({

@@ -1,6 +1,14 @@
 import test from 'ava';
+import Keygrip from 'keygrip';
+import Koa from 'koa';
 import pg from 'pg';
-import { SessionOptionsError, SessionSchemaError, sessions } from '../src/index.js';
+import {
+  ReplicaRouter,
+  type ReplicaRouterOptions,
+  SessionOptionsError,
+  SessionSchemaError,
+  sessions,
+} from '../src/index.js';
 import { createTestDatabase } from '../src/testing/index.js';
 import { Browser, startApp } from './helpers/http.js';
 
@@ -110,4 +118,123 @@ test('clients of a pool the app passes in come back without listeners of ours', 
   const client = await pool.connect();
   t.is(client.listenerCount('error'), 0, 'a checked-out client of the app has no listener of ours');
   client.release();
+});
+
+test('an undefined app.keys entry fails every request from the first, not only writes, until it is fixed', async (t) => {
+  const db = await createTestDatabase();
+  t.teardown(() => db.drop());
+  let app: Koa | undefined;
+  const started = await startApp(
+    { database: db.appUrl },
+    (router) => {
+      router.get('/read', (ctx) => {
+        ctx.body = { views: ctx.session!.views ?? 0 };
+      });
+      router.post('/write', (ctx) => {
+        ctx.session!.views = 1;
+        ctx.body = 'ok';
+      });
+    },
+    (koa) => {
+      app = koa;
+      // What app.keys = [process.env.SESSION_SECRET!] gives when the variable is unset.
+      koa.keys = [undefined as unknown as string];
+    },
+  );
+  t.teardown(() => started.close());
+  const browser = new Browser(started.url);
+  for (const [method, path] of [
+    ['GET', '/read'],
+    ['POST', '/write'],
+  ] as const) {
+    const response = await browser.request(path, { method });
+    t.is(response.status, 500, `${method} ${path}`);
+    t.deepEqual(response.body, { error: 'SESSION_OPTIONS_INVALID' });
+    t.deepEqual(response.setCookies, [], 'no session was started');
+  }
+  // The same check, with its message, at once for an app sessions() is given.
+  const checked = t.throws(() => sessions({ database: db.appUrl }, app), {
+    instanceOf: SessionOptionsError,
+  });
+  t.is(checked?.option, 'app.keys[0]');
+  t.regex(
+    checked?.message ?? '',
+    /app\.keys\[0\]: is undefined: set app\.keys to .*SESSION_SECRET/,
+  );
+
+  app!.keys = ['a secret at last'];
+  t.is((await browser.post('/write')).status, 200, 'fixing app.keys fixes the app');
+  t.is((await browser.get('/read')).status, 200);
+});
+
+test('given the app, sessions() checks app.keys at once, in both of koa-session’s argument orders', (t) => {
+  const app = new Koa();
+  app.keys = ['a secret', ''];
+  for (const make of [
+    () => sessions({ database: 'postgres://x/y' }, app),
+    () => sessions(app, { database: 'postgres://x/y' }),
+  ]) {
+    const error = t.throws(make, { instanceOf: SessionOptionsError });
+    t.is(error?.option, 'app.keys[1]');
+    t.regex(error?.message ?? '', /app\.keys\[1\]: is an empty or unusable key/);
+  }
+  const unsignedRequired = new Koa();
+  const error = t.throws(
+    () => sessions(unsignedRequired, { database: 'postgres://x/y', cookie: { signed: true } }),
+    { instanceOf: SessionOptionsError },
+  );
+  t.is(error?.option, 'app.keys');
+  // No keys with signed 'auto' means unsigned cookies; a Keygrip instance is fine.
+  t.notThrows(() => sessions(new Koa(), { database: 'postgres://x/y' }));
+  const withKeygrip = new Koa();
+  withKeygrip.keys = new Keygrip(['a secret']) as unknown as string[];
+  t.notThrows(() => sessions({ database: 'postgres://x/y' }, withKeygrip));
+  t.throws(() => sessions({ database: 'postgres://x/y' }, {} as Koa), {
+    instanceOf: SessionOptionsError,
+    message: /option app: the second argument must be the Koa application/,
+  });
+});
+
+test('start() checks the keys of the app it was given before it connects', async (t) => {
+  const app = new Koa();
+  app.keys = ['a secret'];
+  // Port 1 of a loopback address: nothing listens, so connecting would fail differently.
+  const middleware = sessions(app, { database: 'postgres://nobody@127.0.0.1:1/none' });
+  t.teardown(() => middleware.close());
+  app.keys = [undefined as unknown as string];
+  const error = await t.throwsAsync(middleware.start(), { instanceOf: SessionOptionsError });
+  t.is(error?.option, 'app.keys[0]');
+});
+
+test('a wrong ReplicaRouter option fails at construction with a SessionOptionsError naming it', (t) => {
+  const url = 'postgres://x/y';
+  const cases: [unknown, string, RegExp][] = [
+    [
+      { hosts: [undefined, url] },
+      'hosts[0]',
+      /is undefined: give a postgres:\/\/ URL or a pg\.PoolConfig/,
+    ],
+    [{ hosts: [url, 'mysql://x/y'] }, 'hosts[1]', /must be a postgres:\/\/ URL/],
+    [{ hosts: [] }, 'hosts', /is empty/],
+    [{ hosts: url }, 'hosts', /must be an array/],
+    [{}, 'hosts', /missing: give every server in hosts, or primary/],
+    [undefined, 'hosts', /missing/],
+    [{ hosts: [url], primary: url }, 'hosts', /not both/],
+    [{ replicas: [url] }, 'primary', /replicas need their primary/],
+    [{ primary: url, replicas: [url, null] }, 'replicas[1]', /is null/],
+    [{ primary: 42 }, 'primary', /is number/],
+    [{ hosts: [url], maxReplicaLagMs: -1 }, 'maxReplicaLagMs', /positive number/],
+    [{ hosts: [url], healthCheckInterval: 0 }, 'healthCheckInterval', /positive number/],
+    [{ hosts: [url], failoverTimeout: Number.NaN }, 'failoverTimeout', /positive number/],
+    [{ hosts: [url], poolSize: 2.5 }, 'poolSize', /whole number/],
+    [{ hosts: [url], connectTimeout: '1s' }, 'connectTimeout', /positive number/],
+    [{ hosts: [url], statementTimeout: -5 }, 'statementTimeout', /positive number/],
+  ];
+  for (const [options, option, message] of cases) {
+    const error = t.throws(() => new ReplicaRouter(options as ReplicaRouterOptions), {
+      instanceOf: SessionOptionsError,
+    });
+    t.is(error?.option, option, JSON.stringify(options));
+    t.regex(error?.message ?? '', message);
+  }
 });

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
 import type pg from 'pg';
-import { SessionStoreUnavailableError } from '../errors.js';
+import { SessionOptionsError, SessionStoreUnavailableError } from '../errors.js';
+import { duration, postgresUrl } from '../options.js';
 import { createPool } from './connection-config.js';
 import type { SessionDatabase } from './router.js';
 import { isReadOnlyError, isUnavailableError } from './sqlstate.js';
@@ -96,22 +97,18 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
   #closed = false;
   #ready: Promise<void>;
 
+  /** @throws {SessionOptionsError} naming the option, for a missing or wrong one. */
   constructor(options: ReplicaRouterOptions) {
     super();
+    const configs = hostConfigs(options);
     this.#options = {
-      maxReplicaLagMs: options.maxReplicaLagMs ?? 1_000,
-      healthCheckInterval: options.healthCheckInterval ?? 500,
-      failoverTimeout: options.failoverTimeout ?? 5_000,
-      poolSize: options.poolSize ?? 10,
-      connectTimeout: options.connectTimeout ?? 2_000,
-      statementTimeout: options.statementTimeout ?? 5_000,
+      maxReplicaLagMs: duration('maxReplicaLagMs', options.maxReplicaLagMs, 1_000, true),
+      healthCheckInterval: duration('healthCheckInterval', options.healthCheckInterval, 500),
+      failoverTimeout: duration('failoverTimeout', options.failoverTimeout, 5_000, true),
+      poolSize: count('poolSize', options.poolSize, 10),
+      connectTimeout: duration('connectTimeout', options.connectTimeout, 2_000),
+      statementTimeout: duration('statementTimeout', options.statementTimeout, 5_000),
     };
-    const configs = options.hosts ?? [
-      ...(options.primary ? [options.primary] : []),
-      ...(options.replicas ?? []),
-    ];
-    if (configs.length === 0)
-      throw new TypeError('ReplicaRouter needs `hosts`, or `primary` (and `replicas`)');
     this.#hosts = configs.map((config, index) => this.#openHost(config, index));
     if (options.primary && !options.hosts) {
       this.#primary = this.#hosts[0];
@@ -306,6 +303,64 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
     await this.#failingOver?.catch(() => {});
     await Promise.all(this.#hosts.map((host) => host.pool.end().catch(() => {})));
   }
+}
+
+const HOST_FIX = 'give a postgres:// URL or a pg.PoolConfig object';
+
+/** The servers of the options, validated: `hosts`, or `primary` followed by `replicas`. */
+function hostConfigs(options: ReplicaRouterOptions): HostConfig[] {
+  if (typeof options !== 'object' || options === null) {
+    throw new SessionOptionsError(
+      'hosts',
+      'missing: new ReplicaRouter({ hosts: [url, …] }) or ({ primary, replicas })',
+    );
+  }
+  const { hosts, primary, replicas } = options;
+  if (hosts !== undefined && (primary !== undefined || replicas !== undefined)) {
+    throw new SessionOptionsError(
+      'hosts',
+      'give either hosts (roles discovered) or primary and replicas, not both',
+    );
+  }
+  if (hosts !== undefined) {
+    const list = hostList('hosts', hosts);
+    if (list.length === 0) {
+      throw new SessionOptionsError('hosts', `is empty: ${HOST_FIX} for each server`);
+    }
+    return list;
+  }
+  if (primary === undefined) {
+    throw new SessionOptionsError(
+      replicas === undefined ? 'hosts' : 'primary',
+      replicas === undefined
+        ? 'missing: give every server in hosts, or primary (and replicas)'
+        : 'missing: replicas need their primary',
+    );
+  }
+  return [hostConfig('primary', primary), ...hostList('replicas', replicas ?? [])];
+}
+
+function hostList(name: string, value: unknown): HostConfig[] {
+  if (!Array.isArray(value)) {
+    throw new SessionOptionsError(name, `must be an array: ${HOST_FIX} for each server`);
+  }
+  return value.map((config: unknown, index) => hostConfig(`${name}[${index}]`, config));
+}
+
+function hostConfig(name: string, value: unknown): HostConfig {
+  if (typeof value === 'string') return postgresUrl(name, value) as string;
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    return value as pg.PoolConfig;
+  }
+  throw new SessionOptionsError(name, `is ${value === null ? 'null' : typeof value}: ${HOST_FIX}`);
+}
+
+function count(name: string, value: number | undefined, fallback: number): number {
+  const resolved = duration(name, value, fallback);
+  if (!Number.isInteger(resolved)) {
+    throw new SessionOptionsError(name, `must be a whole number, got ${String(value)}`);
+  }
+  return resolved;
 }
 
 export function parseLsn(lsn: string): bigint {

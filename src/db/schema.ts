@@ -59,3 +59,17 @@ export interface SessionsDatabase {
   'sessions.event': EventTable;
   'sessions.schema_migrations': SchemaMigrationsTable;
 }
+
+/**
+ * The tables `ctx.db` (the request's transaction) is typed with: schema `sessions`, plus
+ * the application's own tables once the application extends this interface by module
+ * augmentation (Koa's `ctx` is typed globally, so this is where its tables go).
+ *
+ * @example
+ * import type { DB } from './db.js'; // your Kysely tables, e.g. from kysely-codegen
+ * declare module 'pg-sessions' {
+ *   interface RequestDatabase extends DB {}
+ * }
+ * // then: await ctx.db!.insertInto('orders').values({ … }).execute();
+ */
+export interface RequestDatabase extends SessionsDatabase {}

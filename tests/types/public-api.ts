@@ -34,6 +34,14 @@ app.use(async (ctx) => {
   void [isNew, id, devices, revoked, count];
 });
 
+// koa-session's two argument orders, the app checked at once.
+sessions({ database: 'postgres://localhost/app' }, app);
+sessions(app, { database: 'postgres://localhost/app' });
+// @ts-expect-error the second argument is the Koa application
+sessions({ database: 'postgres://localhost/app' }, { database: 'postgres://localhost/other' });
+// @ts-expect-error database is a URL, a pg.PoolConfig, a pg.Pool or a SessionDatabase
+sessions({ database: 42 });
+
 // @ts-expect-error mode is one of merge, strict, lock
 sessions({ database: 'postgres://localhost/app', mode: 'optimistic' });
 const mode: ConcurrencyMode = 'strict';
