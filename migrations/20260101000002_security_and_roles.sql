@@ -16,8 +16,11 @@ BEGIN
     CREATE ROLE sessions_admin NOLOGIN;
   END IF;
   -- The migrating role must be able to hand functions over to sessions_admin
-  -- (20260101000003 and 000004).
-  IF NOT pg_has_role(current_user, 'sessions_admin', 'MEMBER') THEN
+  -- (20260101000003 and 000004), which on PostgreSQL 16 and later takes the SET
+  -- option: a CREATEROLE role that just created sessions_admin holds it with ADMIN
+  -- OPTION only, a membership that does not count.
+  IF NOT pg_has_role(current_user, 'sessions_admin',
+       CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'USAGE' END) THEN
     EXECUTE format('GRANT sessions_admin TO %I', current_user);
   END IF;
 END
