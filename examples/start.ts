@@ -4,6 +4,7 @@ import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadSeed } from '../seeds/load.js';
+import { resolveConnectionConfig } from '../src/db/connection-config.js';
 import { migrate, type SessionMiddleware } from '../src/index.js';
 import { PostgresServer } from '../src/testing/index.js';
 import { createDemoApp } from './app.js';
@@ -50,7 +51,7 @@ async function embeddedServer(): Promise<PostgresServer> {
 
 /** The middleware connects as a login role of sessions_app, so row-level security applies. */
 async function appRoleUrl(adminUrl: string): Promise<string> {
-  const client = new pg.Client(adminUrl);
+  const client = new pg.Client(await resolveConnectionConfig(adminUrl));
   await client.connect();
   try {
     const exists = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [DEMO_ROLE]);
@@ -66,7 +67,7 @@ async function appRoleUrl(adminUrl: string): Promise<string> {
 
 /** Seeds the embedded demo database once (the seed refuses tenants that hold data). */
 async function seedOnce(adminUrl: string): Promise<void> {
-  const client = new pg.Client(adminUrl);
+  const client = new pg.Client(await resolveConnectionConfig(adminUrl));
   await client.connect();
   const seeded = await client
     .query('SELECT 1 FROM sessions.event LIMIT 1')
