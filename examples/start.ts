@@ -146,8 +146,12 @@ async function main(): Promise<void> {
   claim = claimed.claim;
   if (!process.env.DATABASE_URL) server = await embeddedServer();
   const url = server ? server.url('postgres') : process.env.DATABASE_URL!;
-  const migrated = await migrate(url, 'up', { onOutput: (text) => process.stdout.write(text) });
-  if (migrated.exitCode !== 0) throw new DemoError('migration failed');
+  const migrated = await migrate(url, 'up');
+  if (migrated.exitCode !== 0) {
+    throw new DemoError(`migration failed: ${migrated.error?.message ?? migrated.output.trim()}`);
+  }
+  for (const file of migrated.applied) say(`applied ${file}`);
+  if (migrated.applied.length === 0) say(`schema up to date (${migrated.appliedCount} applied)`);
   if (server) await seedOnce(url);
   const demo = createDemoApp({ database: server ? await appRoleUrl(url) : url });
   middleware = demo.middleware;
