@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +9,7 @@ import { connectionTarget } from '../src/db/connection-config.js';
 import { forDbmate } from '../src/db/migrator.js';
 import { createTestDatabase, PostgresServer } from '../src/testing/index.js';
 import { unprivilegedUser } from '../src/testing/os-user.js';
-import { runCli } from './helpers/cli.js';
+import { runCli, runNode } from './helpers/cli.js';
 import { Browser, startApp } from './helpers/http.js';
 
 // One server with `ssl = on` whose pg_hba.conf accepts TLS connections only (a plain
@@ -276,23 +275,10 @@ test.serial(
     await db.drop();
     console.log(JSON.stringify(rows[0]));
   `;
-    const child = spawn(
-      process.execPath,
+    const { code, stdout, stderr } = await runNode(
       ['--import', 'tsx', '--input-type=module', '-e', script],
-      {
-        env: { ...process.env, PG_TEST_URL: server.url() },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
+      { PG_TEST_URL: server.url() },
     );
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    const code = await new Promise((resolve) => child.once('close', resolve));
     t.is(code, 0, stderr);
     t.true(JSON.parse(stdout).n > 0, stdout);
     t.notRegex(stderr, /SECURITY WARNING/);

@@ -14,8 +14,16 @@ export function runCli(
   args: readonly string[],
   env: Record<string, string | undefined> = {},
 ): Promise<CliResult> {
+  return runNode(['--import', 'tsx', CLI_ENTRY, ...args], env);
+}
+
+/** Runs `node` with these arguments as a separate process and collects its output. */
+export function runNode(
+  args: readonly string[],
+  env: Record<string, string | undefined> = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI_ENTRY, ...args], {
+    const child = spawn(process.execPath, args, {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
