@@ -1,5 +1,6 @@
 import type { Context } from 'koa';
 import type { Transaction } from 'kysely';
+import { clientAddress } from './client-address.js';
 import { type CommitPlan, planCommit } from './commit-plan.js';
 import {
   clearCookie,
@@ -11,8 +12,14 @@ import {
 import { type StatementRunner, TransactionRunner } from './db/runner.js';
 import type { SessionsDatabase } from './db/schema.js';
 import type { SessionEngine } from './engine.js';
-import { SessionConflictError, SessionStateError, SessionTooLargeError } from './errors.js';
+import {
+  SessionConflictError,
+  SessionDataError,
+  SessionStateError,
+  SessionTooLargeError,
+} from './errors.js';
 import type { ConcurrencyMode } from './options.js';
+import { isStorableText } from './serialize.js';
 import {
   collectChanges,
   isForcedSave,
@@ -145,6 +152,9 @@ export class ContextSession {
     if (userId !== null && (typeof userId !== 'string' || userId.length === 0)) {
       throw new TypeError('bindUser expects a non-empty string user id, or null');
     }
+    if (userId !== null && !isStorableText(userId)) {
+      throw new SessionDataError('a user id with NUL or an unpaired surrogate', 'userId');
+    }
     this.#pendingUserId = userId;
     this.get()?.save();
     if (regenerate) this.regenerate();
@@ -157,6 +167,7 @@ export class ContextSession {
   }
 
   async revoke(sessionId: string, reason: string): Promise<boolean> {
+    checkReason(reason);
     if (!/^[0-9a-f-]{36}$/i.test(sessionId)) return false;
     const ended = await this.engine.store.revoke(this.#runner, this.tenantId, sessionId, reason);
     this.engine.forgetEnded(this.tenantId, ended);
@@ -165,6 +176,9 @@ export class ContextSession {
   }
 
   async revokeUser(userId: string, reason: string, exceptCurrent: boolean): Promise<number> {
+    checkReason(reason);
+    // No stored user id holds such text: nothing to end, and nothing to send.
+    if (!isStorableText(userId)) return 0;
     const exceptId = exceptCurrent ? this.#record?.id : undefined;
     const ended = await this.engine.store.revokeUser(
       this.#runner,
@@ -325,7 +339,7 @@ export class ContextSession {
           tokenHash,
           data: session.toJSON(),
           userId: this.#pendingUserId ?? null,
-          ip: ctx.ip || null,
+          ip: clientAddress(ctx.ip),
           userAgent: ctx.get('user-agent').slice(0, 1024) || null,
         });
       } catch (error) {
@@ -456,6 +470,13 @@ export class ContextSession {
       record.id,
     );
     this.engine.forgetEnded(this.tenantId, ended);
+  }
+}
+
+/** A revocation is never silently skipped: a reason PostgreSQL cannot store is an error. */
+function checkReason(reason: string): void {
+  if (!isStorableText(reason)) {
+    throw new SessionDataError('a revocation reason with NUL or an unpaired surrogate', 'reason');
   }
 }
 

@@ -22,6 +22,7 @@ import {
   resolveOptions,
   type SessionOptions,
 } from './options.js';
+import { isStorableText } from './serialize.js';
 import type { Session } from './session.js';
 
 const CONTEXT_SESSION = Symbol('pg-sessions.context-session');
@@ -206,9 +207,14 @@ function isApp(value: unknown): value is Koa {
 }
 
 function validTenant(tenant: unknown): string {
-  if (typeof tenant !== 'string' || tenant.length === 0 || tenant.length > 200) {
+  if (
+    typeof tenant !== 'string' ||
+    tenant.length === 0 ||
+    tenant.length > 200 ||
+    !isStorableText(tenant)
+  ) {
     throw new SessionError(
-      'the tenant of this request is not a non-empty string of at most 200 characters',
+      'the tenant of this request is not a non-empty string of at most 200 characters (no NUL, no unpaired surrogate)',
       'SESSION_TENANT_INVALID',
       400,
       true,

@@ -14,20 +14,44 @@ export const RESERVED_KEYS: ReadonlySet<string> = new Set([
   'save',
 ]);
 
+/** Deepest nesting of objects and arrays a session value may have. */
+export const MAX_DEPTH = 64;
+
 /**
- * The JSON text of one session value, refusing what JSON would silently change:
+ * Whether PostgreSQL can store this string in text or jsonb: neither holds NUL, and
+ * jsonb refuses an unpaired UTF-16 surrogate (`\ud800` alone), which JSON.stringify
+ * writes out as an escape.
+ */
+export function isStorableText(value: string): boolean {
+  return !UNSTORABLE_TEXT.test(value);
+}
+
+const UNSTORABLE_TEXT = /\0|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * The JSON text of one session value, refusing what JSON would silently change or
+ * PostgreSQL would refuse (NUL, unpaired surrogates, nesting deeper than {@link MAX_DEPTH}):
  * functions, symbols, BigInt, cycles, undefined or holes inside arrays, NaN and
  * ±Infinity, Maps, Sets and other class instances without `toJSON`. Objects with a
  * `toJSON` (Date) are stored as what it returns, as JSON.stringify does.
  */
 export function serializeValue(value: unknown, path: string): string {
+  checkText(path, path);
   check(value, path, new Set());
   return JSON.stringify(value);
+}
+
+function checkText(text: string, path: string): void {
+  if (!isStorableText(text)) {
+    throw new SessionDataError('text with NUL or an unpaired surrogate cannot be stored', path);
+  }
 }
 
 function check(value: unknown, path: string, ancestors: Set<object>): void {
   switch (typeof value) {
     case 'string':
+      checkText(value, path);
+      return;
     case 'boolean':
       return;
     case 'number':
@@ -46,6 +70,9 @@ function check(value: unknown, path: string, ancestors: Set<object>): void {
   if (value === null) return;
   const object = value as object;
   if (ancestors.has(object)) throw new SessionDataError('circular reference', path);
+  if (ancestors.size >= MAX_DEPTH) {
+    throw new SessionDataError(`nested deeper than ${MAX_DEPTH} levels`, path);
+  }
   if (typeof (object as { toJSON?: unknown }).toJSON === 'function') {
     check((object as { toJSON: () => unknown }).toJSON(), path, ancestors);
     return;
@@ -68,6 +95,7 @@ function check(value: unknown, path: string, ancestors: Set<object>): void {
     for (const [key, item] of Object.entries(object)) {
       // JSON.stringify drops undefined object members: that is deleting the key, allowed.
       if (item === undefined) continue;
+      checkText(key, `${path}.${key}`);
       check(item, `${path}.${key}`, ancestors);
     }
   } finally {

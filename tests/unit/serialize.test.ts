@@ -1,6 +1,6 @@
 import test from 'ava';
 import { SessionDataError } from '../../src/errors.js';
-import { serializeValue } from '../../src/serialize.js';
+import { MAX_DEPTH, serializeValue } from '../../src/serialize.js';
 
 test('plain JSON values serialise as JSON.stringify does, Dates through toJSON', (t) => {
   const date = new Date('2026-01-02T03:04:05.000Z');
@@ -41,4 +41,26 @@ test('a cycle is refused, but the same object twice (no cycle) is fine', (t) => 
     instanceOf: SessionDataError,
     message: /circular/,
   });
+});
+
+test('text PostgreSQL cannot store is refused: NUL and unpaired surrogates, in values and keys', (t) => {
+  for (const value of ['a\u0000b', '\ud800', 'x\udc00', { 'k\u0000': 1 }, ['\ud83d']]) {
+    t.throws(
+      () => serializeValue(value, 'v'),
+      { instanceOf: SessionDataError },
+      JSON.stringify(value),
+    );
+  }
+  // A surrogate pair (an emoji) is fine.
+  t.is(serializeValue('😀', 'v'), '"😀"');
+});
+
+test('nesting is limited to MAX_DEPTH levels', (t) => {
+  const nest = (levels: number): unknown => {
+    let value: unknown = 1;
+    for (let level = 0; level < levels; level++) value = [value];
+    return value;
+  };
+  t.notThrows(() => serializeValue(nest(MAX_DEPTH), 'v'));
+  t.throws(() => serializeValue(nest(MAX_DEPTH + 1), 'v'), { message: /deeper than 64/ });
 });
