@@ -1,0 +1,251 @@
+import { randomBytes } from 'node:crypto';
+import { Agent, request } from 'node:http';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import test from 'ava';
+import type Koa from 'koa';
+import { Random } from '../seeds/random.js';
+import type { ConcurrencyMode, SessionOptions, TransactionMode } from '../src/index.js';
+import type { TestDatabase } from '../src/testing/index.js';
+import { setupDatabase } from './helpers/database.js';
+import { startApp, type TestApp } from './helpers/http.js';
+
+// Hostile and broken clients: malformed, oversized, duplicated and forged cookies,
+// signatures, Authorization headers and proxy headers, with app.proxy on and off, in
+// every mode. Bounded (a fixed number of requests, loopback only) and deterministic
+// for a seed (FUZZ_SEED reproduces a run). No response may be a 5xx, the process must
+// stay up, and its heap must not grow with the number of requests.
+
+const REQUESTS = 52_000;
+const CONCURRENCY = 24;
+const SEED = Number(process.env.FUZZ_SEED ?? 20261130);
+
+interface Shape {
+  readonly mode: ConcurrencyMode;
+  readonly transaction: TransactionMode;
+  readonly proxy: boolean;
+}
+
+const SHAPES: readonly Shape[] = [
+  { mode: 'merge', transaction: 'none', proxy: false },
+  { mode: 'merge', transaction: 'none', proxy: true },
+  { mode: 'strict', transaction: 'none', proxy: true },
+  { mode: 'strict', transaction: 'none', proxy: false },
+  { mode: 'lock', transaction: 'none', proxy: true },
+  { mode: 'lock', transaction: 'none', proxy: false },
+  { mode: 'merge', transaction: 'request', proxy: true },
+  { mode: 'merge', transaction: 'request', proxy: false },
+];
+
+let db: TestDatabase;
+const apps: TestApp[] = [];
+
+test.before(async () => {
+  ({ db } = await setupDatabase());
+  for (const shape of SHAPES) {
+    const options: SessionOptions = {
+      database: db.appUrl,
+      mode: shape.mode,
+      transaction: shape.transaction,
+      bearer: true,
+      maxSize: 4096,
+      touchInterval: 0,
+      gc: false,
+      // A small cache reaches its bound during the warm-up, so the heap can stay flat.
+      cache: { maxEntries: 200 },
+    };
+    apps.push(
+      await startApp(
+        options,
+        (router) => {
+          router.get('/read', (ctx) => {
+            ctx.body = { id: ctx.sessions.id, count: ctx.session?.count ?? null };
+          });
+          router.post('/write', (ctx) => {
+            ctx.session!.count = Number(ctx.session!.count ?? 0) + 1;
+            ctx.body = 'ok';
+          });
+          router.post('/login', (ctx) => {
+            ctx.sessions.bindUser(`user-${ctx.get('x-user') || 'x'}`.slice(0, 64));
+            ctx.body = 'ok';
+          });
+          router.post('/logout', (ctx) => {
+            ctx.session = null;
+            ctx.body = 'bye';
+          });
+        },
+        (koa: Koa) => {
+          koa.proxy = shape.proxy;
+        },
+      ),
+    );
+  }
+});
+
+test.after.always(async () => {
+  for (const app of apps) await app.close();
+  await db?.drop();
+});
+
+/** Printable header text (what an HTTP client may send), including separators and quotes. */
+function junk(random: Random, maxLength: number): string {
+  const alphabet = 'abcXYZ019-_=.;,:/\\"\'()<>@[]{}?+ %\t~`!#$&*|^\u00e9\u00ff\u0080\u00a0';
+  let text = '';
+  const length = random.int(0, maxLength);
+  for (let index = 0; index < length; index++) text += random.pick([...alphabet]);
+  return text;
+}
+
+/** A value with the shape of one of our tokens (43 base64url characters), never issued. */
+function tokenShaped(): string {
+  return randomBytes(32).toString('base64url');
+}
+
+function hostileHeaders(random: Random, issued: readonly string[]): Record<string, string> {
+  const headers: Record<string, string> = {};
+  const cookie = random.pick([
+    () => `sid=${junk(random, 80)}`,
+    () => `sid=${tokenShaped()}`,
+    () => `sid=${tokenShaped()}; sid.sig=${junk(random, 30)}`,
+    () => `sid=${random.pick(issued.length ? issued : [tokenShaped()])}; sid.sig=AAAA`,
+    () => `sid=${tokenShaped()}; sid=${tokenShaped()}; sid.v=${junk(random, 12)}`,
+    () => `__Host-sid=${tokenShaped()}; __Host-sid.sig=${junk(random, 27)}`,
+    () => `sid.v=-1; sid.v=99999999999999999999; sid=`,
+    () => `${junk(random, 20)}=${junk(random, 20)}; sid=${'A'.repeat(random.int(0, 4000))}`,
+    () => junk(random, 300),
+    () => '',
+  ])();
+  if (cookie) headers.cookie = cookie;
+  if (random.chance(0.4)) {
+    headers.authorization = random.pick([
+      () => `Bearer ${tokenShaped()}`,
+      () => `Bearer ${junk(random, 60)}`,
+      () => 'Bearer',
+      () => `bearer   ${tokenShaped()}   `,
+      () => `Basic ${Buffer.from(junk(random, 20)).toString('base64')}`,
+      () => `Bearer ${'x'.repeat(random.int(0, 6000))}`,
+      () => junk(random, 100),
+    ])();
+  }
+  if (random.chance(0.6)) {
+    headers['x-forwarded-for'] = random.pick([
+      () => 'not-an-ip',
+      () => '999.1.1.1',
+      () => 'fe80::1%eth0',
+      () =>
+        `${random.int(0, 255)}.${random.int(0, 255)}.${random.int(0, 255)}.${random.int(0, 255)}`,
+      () => '::ffff:10.0.0.1, 2001:db8::1, junk',
+      () => Array.from({ length: random.int(1, 200) }, () => junk(random, 8)).join(','),
+      () => junk(random, 200),
+      () => '',
+    ])();
+  }
+  if (random.chance(0.3))
+    headers['x-forwarded-proto'] = random.pick(['https', 'http', junk(random, 10)]);
+  if (random.chance(0.3)) headers['x-forwarded-host'] = junk(random, 40) || 'example.test';
+  if (random.chance(0.2)) headers['user-agent'] = junk(random, 2000);
+  if (random.chance(0.1)) headers['x-user'] = junk(random, 80);
+  return headers;
+}
+
+interface Answer {
+  readonly status: number;
+  readonly setCookie: readonly string[];
+}
+
+function send(
+  agent: Agent,
+  url: URL,
+  method: string,
+  headers: Record<string, string>,
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const outgoing = request(url, { method, headers, agent }, (response) => {
+      response.resume();
+      response.once('end', () =>
+        resolve({
+          status: response.statusCode ?? 0,
+          setCookie: response.headers['set-cookie'] ?? [],
+        }),
+      );
+    });
+    outgoing.once('error', reject);
+    outgoing.end();
+  });
+}
+
+function collectGarbage(): void {
+  setFlagsFromString('--expose-gc');
+  (runInNewContext('gc') as () => void)();
+}
+
+test('50,000 hostile requests over every mode, with and without app.proxy: no 5xx, heap flat', async (t) => {
+  t.timeout(240_000);
+  const random = new Random(SEED);
+  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
+  // Mostly reads, as real traffic is; every kind of write still thousands of times.
+  const routes = [
+    ...Array.from({ length: 14 }, () => ['GET', '/read'] as const),
+    ['POST', '/write'],
+    ['POST', '/write'],
+    ['POST', '/login'],
+    ['POST', '/logout'],
+    ['GET', '/missing'],
+    ['DELETE', '/read'],
+  ] as const;
+  const statuses = new Map<number, number>();
+  const failures: string[] = [];
+  // Tokens the apps really issued, replayed with forged signatures and in bearer headers.
+  const issued: string[] = [];
+  let sent = 0;
+  let heapAfterWarmUp = 0;
+
+  const worker = async () => {
+    while (sent < REQUESTS) {
+      const index = sent++;
+      if (index === 2_000) {
+        collectGarbage();
+        heapAfterWarmUp = process.memoryUsage().heapUsed;
+      }
+      const app = random.pick(apps);
+      const [method, path] = random.pick(routes);
+      const headers = hostileHeaders(random, issued);
+      try {
+        const answer = await send(agent, new URL(path, app.url), method, headers);
+        statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
+        if (answer.status >= 500 && failures.length < 5) {
+          failures.push(
+            `${answer.status} ${method} ${path} ${JSON.stringify(headers).slice(0, 300)}`,
+          );
+        }
+        const token = /^sid=([A-Za-z0-9_-]{43});/.exec(answer.setCookie[0] ?? '')?.[1];
+        if (token && issued.length < 500) issued.push(token);
+      } catch (error) {
+        if (failures.length < 5) failures.push(`transport: ${(error as Error).message}`);
+        statuses.set(-1, (statuses.get(-1) ?? 0) + 1);
+      }
+    }
+  };
+  const started = performance.now();
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  const seconds = (performance.now() - started) / 1000;
+  agent.destroy();
+  collectGarbage();
+  const growth = process.memoryUsage().heapUsed - heapAfterWarmUp;
+
+  const summary = [...statuses]
+    .sort(([a], [b]) => a - b)
+    .map(([status, count]) => `${status}×${count}`);
+  t.log(`seed ${SEED}: ${REQUESTS} requests in ${seconds.toFixed(1)} s; ${summary.join(' ')}`);
+  t.log(`heap growth after warm-up: ${(growth / 1024 / 1024).toFixed(1)} MiB`);
+  t.deepEqual(failures, []);
+  t.is([...statuses.keys()].filter((status) => status >= 500 || status < 0).length, 0);
+  t.is(
+    [...statuses.values()].reduce((sum, count) => sum + count, 0),
+    REQUESTS,
+  );
+  // Something did get through: sessions were made and read, not only refused.
+  t.true((statuses.get(200) ?? 0) > REQUESTS / 2);
+  // 50,000 requests must not leave 50,000 of anything behind (a few MiB of noise).
+  t.true(growth < 24 * 1024 * 1024, `heap grew ${growth} bytes`);
+});
