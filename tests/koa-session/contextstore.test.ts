@@ -349,7 +349,7 @@ test.serial(
         ctx.body = failure.message;
       }
     });
-    app.use(sessionFor(t, db.appUrl));
+    app.use(sessionFor(t, db.appUrl, {}, app));
     app.use(async (ctx, next) => {
       koaSession(ctx).name = 'funny';
       await next();

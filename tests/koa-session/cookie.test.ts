@@ -38,7 +38,7 @@ test.serial(
   async (t) => {
     const app = bareApp(t);
     app.keys = ['a', 'b'];
-    app.use(sessionFor(t, db.appUrl, {}));
+    app.use(sessionFor(t, db.appUrl, {}, app));
     app.use((ctx) => {
       koaSession(ctx).message = 'hi';
       ctx.body = ctx.session;
@@ -68,7 +68,7 @@ test.serial(
   'Koa Session Cookie › when options.signed = false › when app.keys are not set › should work',
   async (t) => {
     const app = bareApp(t);
-    app.use(sessionFor(t, db.appUrl, { signed: false }));
+    app.use(sessionFor(t, db.appUrl, { signed: false }, app));
     app.use((ctx) => {
       koaSession(ctx).message = 'hi';
       ctx.body = ctx.session;
@@ -413,7 +413,7 @@ test.serial(
         ctx.body = failure.message;
       }
     });
-    app.use(sessionFor(t, db.appUrl));
+    app.use(sessionFor(t, db.appUrl, {}, app));
     app.use(async (ctx, next) => {
       koaSession(ctx).name = 'funny';
       await next();
@@ -570,7 +570,7 @@ test.serial(
       koaSession(ctx).foo = 'hi';
       await next();
     });
-    app.use(sessionFor(t, db.appUrl, {}));
+    app.use(sessionFor(t, db.appUrl, {}, app));
     app.use((ctx) => {
       ctx.body = ctx.session;
     });
@@ -697,8 +697,8 @@ function rollingApp(t: ExecutionContext): Koa {
 test.serial('Koa Session Cookie › init multi session middleware › should work', (t) => {
   const app = new Koa();
   app.keys = ['a', 'b'];
-  const s1 = sessionFor(t, db.appUrl, {});
-  const s2 = sessionFor(t, db.appUrl, {});
+  const s1 = sessionFor(t, db.appUrl, {}, app);
+  const s2 = sessionFor(t, db.appUrl, {}, app);
   t.truthy(s1);
   t.truthy(s2);
 });

@@ -59,8 +59,11 @@ export function sessionFor(
   t: ExecutionContext,
   databaseUrl: string,
   options?: KoaSessionOptions,
+  app?: Koa,
 ): SessionMiddleware {
-  const middleware = sessions(translate(databaseUrl, options));
+  // koa-session's tests pass the app (`session(opts, app)`), which defines ctx.session
+  // on app.context at once.
+  const middleware = sessions(translate(databaseUrl, options), app);
   t.teardown(() => middleware.close());
   return middleware;
 }
@@ -69,7 +72,7 @@ export function sessionFor(
 export function koaApp(t: ExecutionContext, databaseUrl: string, options?: KoaSessionOptions): Koa {
   const app = bareApp(t);
   app.keys = ['a', 'b'];
-  app.use(sessionFor(t, databaseUrl, options));
+  app.use(sessionFor(t, databaseUrl, options, app));
   return app;
 }
 

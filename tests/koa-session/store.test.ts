@@ -322,7 +322,7 @@ test.serial(
         ctx.body = failure.message;
       }
     });
-    app.use(sessionFor(t, db.appUrl));
+    app.use(sessionFor(t, db.appUrl, {}, app));
     app.use(async (ctx, next) => {
       koaSession(ctx).name = 'funny';
       await next();
@@ -678,7 +678,7 @@ test.serial(
       koaSession(ctx).foo = '123';
       await next();
     });
-    app.use(sessionFor(t, db.appUrl, {}));
+    app.use(sessionFor(t, db.appUrl, {}, app));
     app.use((ctx) => {
       if (ctx.path === '/set') ctx.session = { foo: 'bar' };
       ctx.body = ctx.session;
