@@ -315,7 +315,11 @@ export class ContextSession {
       this.#checkValid();
     } else if (record) {
       metrics.increment('misses');
-      this.#emit('session:expired', { key: record.id, value: record.data, via: this.presented.via });
+      this.#emit('session:expired', {
+        key: record.id,
+        value: record.data,
+        via: this.presented.via,
+      });
     } else {
       metrics.increment('misses');
       // No row, so no public id: the key is what the store looks up, the token's SHA-256.

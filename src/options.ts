@@ -240,7 +240,7 @@ function rejectUnknown(prefix: string, value: unknown, known: readonly string[])
       .map((candidate) => ({ candidate, distance: editDistance(name, candidate) }))
       .sort((a, b) => a.distance - b.distance)[0];
     const hint =
-      nearest && nearest.distance <= Math.max(2, Math.floor(name.length / 3))
+      nearest && nearest.distance <= Math.max(3, Math.floor(name.length / 3))
         ? `; did you mean ${prefix}${nearest.candidate}?`
         : '';
     throw new SessionOptionsError(`${prefix}${name}`, `is not an option of pg-sessions${hint}`);
@@ -337,10 +337,16 @@ function resolveKoaOptions(options: SessionOptions): ResolvedKoaOptions {
       typeof externalKey.get !== 'function' ||
       typeof externalKey.set !== 'function')
   ) {
-    throw new SessionOptionsError('externalKey', 'must be an object with get(ctx) and set(ctx, value)');
+    throw new SessionOptionsError(
+      'externalKey',
+      'must be an object with get(ctx) and set(ctx, value)',
+    );
   }
   if (externalKey && options.bearer) {
-    throw new SessionOptionsError('externalKey', 'and bearer are two ways to carry the key: give one');
+    throw new SessionOptionsError(
+      'externalKey',
+      'and bearer are two ways to carry the key: give one',
+    );
   }
   return Object.freeze({
     rolling: flag('rolling', false),

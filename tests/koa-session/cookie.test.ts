@@ -607,9 +607,9 @@ test.serial(
     const setCookie = (reply.setCookie ?? []).join('|');
     t.true(
       // Deviation (README): the cookie carries Expires by default (cookie.maxAge defaults to
-    // absoluteTimeout), where koa-session's is a browser-session cookie: koa-session
-    // asserts 'path=/; samesite=none; httponly'.
-    /path=\/; expires=[^;]+; samesite=none; httponly/.test(setCookie),
+      // absoluteTimeout), where koa-session's is a browser-session cookie: koa-session
+      // asserts 'path=/; samesite=none; httponly'.
+      /path=\/; expires=[^;]+; samesite=none; httponly/.test(setCookie),
       `Set-Cookie: ${setCookie || '(none)'}`,
     );
   },
