@@ -31,27 +31,14 @@ export interface KoaSessionOptions {
 export const KOA_SESSION_KEY = 'koa.sess';
 
 /**
- * pg-sessions options that mean what these koa-session options mean:
- * - `key` is the cookie's name (koa-session's default `koa.sess`, named by the assertions);
- * - `maxAge` (ms) is the cookie's lifetime and the stored session's expiry, renewed by
- *   each save: `cookie.maxAge` plus `idleTimeout`; `'session'` is a browser-session
- *   cookie (`cookie.maxAge: 'session'`);
- * - `signed` and `sameSite` are cookie attributes (`cookie.signed`, `cookie.sameSite`);
- * - `rolling`, `renew`, `prefix`, `autoCommit`, `valid`, `beforeSave`, `genid` and
- *   `externalKey` have no pg-sessions counterpart: they are passed at the top level
- *   under koa-session's own names, where issue 13 wants them accepted.
- * Background garbage collection is off: each test builds its own middleware and none
- * of them is about collection.
+ * koa-session's options as a koa-session user passes them: `sessions()` accepts
+ * koa-session's names with their meaning (README, "Switching from koa-session"), so
+ * the port only adds the database, names koa-session's default cookie (`koa.sess`, which
+ * the assertions name) and turns background garbage collection off (each test builds
+ * its own middleware and none of them is about collection).
  */
 export function translate(databaseUrl: string, options: KoaSessionOptions = {}): SessionOptions {
-  const { key, maxAge, signed, sameSite, ...withoutCounterpart } = options;
-  const cookie: NonNullable<SessionOptions['cookie']> = { name: key ?? KOA_SESSION_KEY };
-  if (maxAge !== undefined) cookie.maxAge = maxAge;
-  if (signed !== undefined) cookie.signed = signed;
-  if (sameSite !== undefined) cookie.sameSite = sameSite;
-  const translated: SessionOptions = { database: databaseUrl, gc: false, cookie };
-  if (typeof maxAge === 'number') translated.idleTimeout = maxAge;
-  return { ...withoutCounterpart, ...translated };
+  return { ...options, key: options.key ?? KOA_SESSION_KEY, database: databaseUrl, gc: false };
 }
 
 /** Builds the session middleware of one test; it is closed when the test ends. */
