@@ -101,3 +101,33 @@ test.serial('autoCommit: false writes nothing unless manuallyCommit() is called'
   t.is((await client.get('/')).setCookie, undefined);
   t.truthy((await client.get('/commit')).setCookie);
 });
+
+test.serial(
+  'a per-session maxAge applies to an existing session too, number or session',
+  async (t) => {
+    const app = bareApp(t);
+    app.keys = ['k'];
+    app.use(sessionFor(t, db.appUrl, {}, app));
+    app.use((ctx) => {
+      const session = ctx.session!;
+      if (ctx.path === '/login') session.user = 'u1';
+      if (ctx.path === '/short') session.maxAge = 5_000;
+      if (ctx.path === '/browser') session.maxAge = 'session';
+      ctx.body = { user: session.user, maxAge: session.maxAge };
+    });
+    const client = await listen(t, app);
+    const login = await client.get('/login');
+    const cookie = cookieHeader(login);
+    const short = await client.get('/short', { cookie });
+    t.is(short.status, 200);
+    t.deepEqual(short.body, { user: 'u1', maxAge: 5_000 });
+    const expires = /expires=([^;]+)/.exec(cookieHeader(short))?.[1] ?? '';
+    const lifetime = Date.parse(expires) - Date.now();
+    t.true(lifetime > 0 && lifetime <= 6_000, `expires in ${lifetime} ms`);
+    const browser = await client.get('/browser', { cookie });
+    t.is(browser.status, 200);
+    t.deepEqual(browser.body, { user: 'u1', maxAge: 'session' });
+    t.regex(cookieHeader(browser), /koa\.sess=/);
+    t.notRegex(cookieHeader(browser), /expires=/);
+  },
+);
