@@ -23,6 +23,7 @@ import {
   type SessionOptions,
 } from './options.js';
 import { Session } from './session.js';
+import { hashToken } from './token.js';
 
 const CONTEXT_SESSION = Symbol('pg-sessions.context-session');
 /** ctx.session read before the middleware ran: a placeholder the middleware replaces. */
@@ -113,7 +114,7 @@ export function sessions(
       // Malformed: nothing to look up (koa-session: missed). A bad signature: invalid.
       const event = presented.raw !== undefined ? 'session:missed' : 'session:invalid';
       emitDeferred(ctx.app, resolved.logger, event, {
-        key: presented.raw,
+        key: presented.raw === undefined ? undefined : eventKey(presented.raw),
         value: undefined,
         ctx,
         via: presented.via,
@@ -235,6 +236,14 @@ function translate(error: unknown): unknown {
     });
   }
   return error;
+}
+
+/**
+ * The `key` of an event about a malformed value: the value itself, unless it could
+ * hide one of our tokens (a cookie from before a `prefix` change): then its SHA-256.
+ */
+function eventKey(raw: string): string {
+  return /[A-Za-z0-9_-]{43}/.test(raw) ? hashToken(raw).toString('hex') : raw;
 }
 
 /** A Koa application, told from an options object the way koa-session does. */

@@ -131,3 +131,25 @@ test.serial(
     t.notRegex(cookieHeader(browser), /expires=/);
   },
 );
+
+test.serial(
+  'an event never carries a token: a malformed key that could hide one is hashed',
+  async (t) => {
+    const app = bareApp(t);
+    app.use(sessionFor(t, db.appUrl, { signed: false, prefix: 'new:' }, app));
+    app.use((ctx) => {
+      ctx.body = 'ok';
+    });
+    const keys: unknown[] = [];
+    app.on('session:missed', ({ key }: { key: unknown }) => keys.push(key));
+    const client = await listen(t, app);
+    const token = 'A'.repeat(43);
+    await client.get('/', { cookie: `koa.sess=old:${token}` });
+    await client.get('/', { cookie: 'koa.sess=invalid-key' });
+    await sleep(20);
+    t.is(keys.length, 2);
+    t.regex(String(keys[0]), /^[0-9a-f]{64}$/);
+    t.false(String(keys[0]).includes(token));
+    t.is(keys[1], 'invalid-key');
+  },
+);
