@@ -46,6 +46,12 @@ export interface CommitFacts {
   readonly touchDue: boolean;
   /** The `saveUninitialized` option. */
   readonly saveUninitialized: boolean;
+  /** koa-session's `rolling`: a session in use re-sends its cookie on every request. */
+  readonly rolling: boolean;
+  /** koa-session's `renew`: touches re-send the cookie too (its age is the row's last_seen_at). */
+  readonly renew: boolean;
+  /** `renew`, and the cookie is in the last half of its lifetime: save and re-send it. */
+  readonly renewDue: boolean;
 }
 
 export interface CommitPlan {
@@ -56,6 +62,11 @@ export interface CommitPlan {
   readonly destroyFirst: boolean;
   /** Expire the session cookie (when the token travels in a cookie). */
   readonly clearCookie: boolean;
+  /**
+   * Send the session's key again (fresh cookie expiry). Every write does; `rolling`
+   * and `renew` do it without a statement of their own.
+   */
+  readonly sendCookie: boolean;
 }
 
 function plan(
@@ -63,7 +74,8 @@ function plan(
   reason: string,
   extra: Partial<Omit<CommitPlan, 'action' | 'reason'>> = {},
 ): CommitPlan {
-  return { action, reason, destroyFirst: false, clearCookie: false, ...extra };
+  const writes = action === 'create' || action === 'save' || action === 'rotate';
+  return { action, reason, destroyFirst: false, clearCookie: false, sendCookie: writes, ...extra };
 }
 
 /** Decides the commit of one request from what it loaded and what the handler did. */
@@ -77,10 +89,13 @@ export function planCommit(facts: CommitFacts): CommitPlan {
     return plan('destroy', 'destroyed', { clearCookie: true });
   }
   if (!facts.sessionInUse) {
-    if (facts.destroyRequested && facts.presented) {
+    // koa-session expires the cookie whenever the session is set to null.
+    if (facts.destroyRequested) {
       return plan('none', 'destroyed a session that was not live', { clearCookie: true });
     }
-    if (facts.loaded && facts.touchDue) return plan('touch', 'unread, expiry due');
+    if (facts.loaded && facts.touchDue) {
+      return plan('touch', 'unread, expiry due', { sendCookie: facts.renew });
+    }
     if (facts.stale) return plan('none', 'stale token', { clearCookie: true });
     return plan('none', 'untouched');
   }
@@ -91,7 +106,10 @@ export function planCommit(facts: CommitFacts): CommitPlan {
     });
   }
   if (!changed) {
-    return facts.touchDue ? plan('touch', 'unchanged, expiry due') : plan('none', 'unchanged');
+    if (facts.renewDue) return plan('save', 'renew: the cookie is in its last half-life');
+    const sendCookie = facts.rolling || (facts.renew && facts.touchDue);
+    if (facts.touchDue) return plan('touch', 'unchanged, expiry due', { sendCookie });
+    return plan('none', facts.rolling ? 'unchanged, rolling cookie' : 'unchanged', { sendCookie });
   }
   return facts.rotate ? plan('rotate', 'new token') : plan('save', 'changed');
 }

@@ -4,6 +4,7 @@ import { clientAddress } from './client-address.js';
 import { type CommitPlan, planCommit } from './commit-plan.js';
 import {
   clearCookie,
+  keyValue,
   type PresentedToken,
   readVersionFence,
   writeCookie,
@@ -18,6 +19,7 @@ import {
   SessionStateError,
   SessionTooLargeError,
 } from './errors.js';
+import type { Logger } from './logger.js';
 import type { ConcurrencyMode } from './options.js';
 import { isStorableText } from './serialize.js';
 import {
@@ -27,6 +29,8 @@ import {
   replaceData,
   Session,
   type SessionChanges,
+  type SessionOwner,
+  sessionMaxAge,
   snapshotData,
 } from './session.js';
 import type { DeviceSession, SessionRecord } from './store.js';
@@ -34,6 +38,25 @@ import { generateToken, hashesEqual, hashToken } from './token.js';
 
 /** Safety margin against clock skew between Node and the database for cached rows. */
 const CACHE_EXPIRY_MARGIN_MS = 1_000;
+
+/**
+ * Emits an app event off the request path (as koa-session does): a listener that
+ * throws is logged, and never turns the response into a 500.
+ */
+export function emitDeferred(
+  app: { emit(event: string, payload: unknown): boolean },
+  logger: Logger,
+  event: string,
+  payload: Record<string, unknown>,
+): void {
+  setImmediate(() => {
+    try {
+      app.emit(event, payload);
+    } catch (error) {
+      logger.error({ err: error, event }, 'a session event listener threw');
+    }
+  });
+}
 
 /**
  * The session of one request, koa-session's `ContextSession`: it alone holds the
@@ -60,6 +83,10 @@ export class ContextSession {
   /** Statements run in the request's transaction: the cache is neither read nor filled. */
   #inTransaction = false;
   #runner: StatementRunner;
+  /** genid's non-secret label before the token in the key handed out. */
+  #label: string | undefined;
+  /** What ctx.session asks of this request: maxAge default, regenerate, manual commit. */
+  readonly #owner: SessionOwner;
 
   constructor(
     private readonly engine: SessionEngine,
@@ -73,6 +100,33 @@ export class ContextSession {
       () => ({ tenant: tenantId, actor: actor(this.userId) }),
       () => this.#fence,
     );
+    this.#label = presented.label;
+    const configuredMaxAge = engine.options.cookie.maxAge;
+    this.#owner = {
+      configuredMaxAge,
+      regenerate: () => this.regenerate(),
+      commit: () => this.commit(),
+      externalKey: () => {
+        if (this.#destroyed && !this.#session) return undefined;
+        this.#token ??= generateToken();
+        return this.#key();
+      },
+    };
+  }
+
+  /** The key as handed to the client: prefix, genid's label, the token. */
+  #key(): string {
+    return keyValue(this.engine.options.koa, this.#token!, this.#label);
+  }
+
+  /** A new session's key decoration: koa-session calls genid when it creates a session. */
+  #newLabel(): void {
+    const { genid } = this.engine.options.koa;
+    this.#label = genid ? String(genid(this.ctx)) : undefined;
+  }
+
+  #emit(event: string, payload: Record<string, unknown>): void {
+    emitDeferred(this.ctx.app, this.engine.options.logger, event, { ...payload, ctx: this.ctx });
   }
 
   // --- ctx.session ------------------------------------------------------------
@@ -81,9 +135,13 @@ export class ContextSession {
   get(): Session | null {
     if (this.#destroyed && !this.#session) return null;
     if (!this.#session) {
-      this.#session = this.#record
-        ? new Session(this.#record.snapshot ?? snapshotData(this.#record.data), false)
-        : new Session(new Map(), true);
+      if (this.#record) {
+        const loaded = this.#record.snapshot ?? snapshotData(this.#record.data);
+        this.#session = new Session(loaded, false, undefined, this.#owner);
+      } else {
+        this.#newLabel();
+        this.#session = new Session(new Map(), true, undefined, this.#owner);
+      }
     }
     return this.#session;
   }
@@ -100,8 +158,10 @@ export class ContextSession {
     const data = { ...(value as Record<string, unknown>) };
     if (this.#destroyed || !this.#record) {
       // A brand-new session replaces whatever this request had, with a fresh token.
+      // Its baseline is empty: every assigned key is a change to save.
       if (this.#record) this.#destroyed = true;
-      this.#session = new Session(snapshotData(data), true, data);
+      this.#newLabel();
+      this.#session = new Session(new Map(), true, data, this.#owner);
       this.#token = generateToken();
       this.#rotate = false;
     } else {
@@ -140,6 +200,7 @@ export class ContextSession {
     this.get();
     this.#token = generateToken();
     this.#rotate = this.#record !== undefined;
+    if (this.engine.options.koa.genid) this.#newLabel();
   }
 
   destroy(): void {
@@ -236,6 +297,7 @@ export class ContextSession {
           touchDue: cached.lastSeenAt.getTime() < Date.now() - options.touchInterval,
         };
         this.#token = token;
+        this.#checkValid();
         return;
       }
       metrics.increment('cacheMisses');
@@ -253,17 +315,44 @@ export class ContextSession {
       cache?.announcedVersion(this.tenantId, tokenHash) ?? 0,
     );
     const record = await this.engine.withFailover(() =>
-      this.engine.store.load(this.#runner, this.tenantId, tokenHash, { forUpdate, minVersion }),
+      this.engine.store.load(this.#runner, this.tenantId, tokenHash, {
+        forUpdate,
+        minVersion,
+        includeExpired: true,
+      }),
     );
     metrics.time('load', startedAt);
-    if (record) {
+    if (record && !record.expired) {
       this.#record = record;
       this.#token = token;
       if (cacheUsable && this.engine.cacheTrusted) cache.set(record, epoch);
+      this.#checkValid();
+    } else if (record) {
+      metrics.increment('misses');
+      this.#emit('session:expired', {
+        key: record.id,
+        value: record.data,
+        via: this.presented.via,
+      });
     } else {
       metrics.increment('misses');
-      this.ctx.app.emit('session:missed', { ctx: this.ctx, via: this.presented.via });
+      // No row, so no public id: the key is what the store looks up, the token's SHA-256.
+      this.#emit('session:missed', { key: tokenHash.toString('hex'), via: this.presented.via });
     }
+  }
+
+  /** koa-session's `valid(ctx, session)`: a refused session is dropped and a new one starts. */
+  #checkValid(): void {
+    const { valid } = this.engine.options.koa;
+    const record = this.#record;
+    if (!valid || !record) return;
+    const session = this.get()!;
+    if (valid(this.ctx, session as Record<string, unknown>)) return;
+    this.#record = undefined;
+    this.#session = undefined;
+    this.#token = undefined;
+    this.#label = undefined;
+    this.#emit('session:invalid', { key: record.id, value: record.data, via: this.presented.via });
   }
 
   // --- commit -----------------------------------------------------------------
@@ -271,6 +360,9 @@ export class ContextSession {
   /** What the end of the request will do, given the handler's changes. */
   plan(changes: SessionChanges | undefined): CommitPlan {
     const session = this.#session;
+    const { koa, cookie } = this.engine.options;
+    const record = this.#record;
+    const cookieMaxAge = (session && sessionMaxAge(session)) ?? cookie.maxAge;
     return planCommit({
       loaded: this.#record !== undefined,
       // Malformed cookies count too: the client's cookie is cleared.
@@ -287,6 +379,14 @@ export class ContextSession {
       bindUser: this.#pendingUserId !== undefined,
       touchDue: this.#record?.touchDue === true,
       saveUninitialized: this.engine.options.saveUninitialized,
+      rolling: koa.rolling,
+      renew: koa.renew,
+      // The key was last sent at the last write (or renewing touch), which set last_seen_at.
+      renewDue:
+        koa.renew &&
+        record !== undefined &&
+        typeof cookieMaxAge === 'number' &&
+        Date.now() - record.lastSeenAt.getTime() > cookieMaxAge / 2,
     });
   }
 
@@ -296,11 +396,17 @@ export class ContextSession {
    */
   async commit(): Promise<void> {
     const { options } = this.engine;
-    const changes = this.#session ? collectChanges(this.#session) : undefined;
+    let changes = this.#session ? collectChanges(this.#session) : undefined;
+    const plan = this.plan(changes);
+    const writes = plan.action === 'create' || plan.action === 'save' || plan.action === 'rotate';
+    if (writes && options.koa.beforeSave && this.#session) {
+      // koa-session's hook runs once the write is decided, and may change the session.
+      options.koa.beforeSave(this.ctx, this.#session as Record<string, unknown>);
+      changes = collectChanges(this.#session);
+    }
     if (changes && changes.size > options.maxSize) {
       throw new SessionTooLargeError(changes.size, options.maxSize);
     }
-    const plan = this.plan(changes);
     const loaded = this.#record;
     if (plan.action === 'revoked' && loaded) this.#forget(loaded);
     if ((plan.destroyFirst || plan.action === 'destroy') && loaded) await this.#destroyRow(loaded);
@@ -310,10 +416,24 @@ export class ContextSession {
       await this.#save(loaded, changes);
     }
     if (plan.clearCookie && this.#cookieTransport) clearCookie(this.ctx, options.cookie);
+    // rolling / renew: the key again, with a fresh expiry, without a statement.
+    if (plan.sendCookie && !writes && this.#record && this.#token) this.#sendKey();
   }
 
+  /** Cookie transport: not bearer (the client keeps the token) nor an external key. */
   get #cookieTransport(): boolean {
-    return this.presented.via !== 'bearer';
+    return this.presented.via !== 'bearer' && !this.engine.options.koa.externalKey;
+  }
+
+  /** Hands the key to the client: the cookie, or koa-session's `externalKey.set`. */
+  #sendKey(): void {
+    const { koa, cookie } = this.engine.options;
+    if (koa.externalKey) {
+      koa.externalKey.set(this.ctx, this.#key());
+      return;
+    }
+    if (!this.#cookieTransport) return;
+    writeCookie(this.ctx, cookie, this.#key(), this.#session && sessionMaxAge(this.#session));
   }
 
   async #destroyRow(loaded: SessionRecord): Promise<void> {
@@ -357,11 +477,9 @@ export class ContextSession {
     this.#fence = fence;
     markSaved(session, changes.baseline);
     this.#remember(record, epoch);
-    if (this.#cookieTransport) {
-      writeCookie(ctx, options.cookie, this.#token, session.maxAge);
-      if (engine.hasReplicas) {
-        writeVersionFence(ctx, options.cookie, record.version, session.maxAge);
-      }
+    this.#sendKey();
+    if (this.#cookieTransport && engine.hasReplicas) {
+      writeVersionFence(ctx, options.cookie, record.version, sessionMaxAge(session));
     }
     await this.#enforceMaxSessions();
   }
@@ -409,13 +527,10 @@ export class ContextSession {
     this.#fence = fence;
     markSaved(session, changes.baseline);
     this.#remember(saved, epoch);
-    if (this.#cookieTransport) {
-      if (this.#rotate || isForcedSave(session) || session.maxAge !== undefined) {
-        writeCookie(ctx, options.cookie, this.#token!, session.maxAge);
-      }
-      if (engine.hasReplicas) {
-        writeVersionFence(ctx, options.cookie, saved.version, session.maxAge);
-      }
+    // Every save sends the key again: the cookie's expiry slides with the session's.
+    this.#sendKey();
+    if (this.#cookieTransport && engine.hasReplicas) {
+      writeVersionFence(ctx, options.cookie, saved.version, sessionMaxAge(session));
     }
     this.#rotate = false;
     if (userId) await this.#enforceMaxSessions();
@@ -431,12 +546,12 @@ export class ContextSession {
     ) {
       engine.metrics.increment('conflicts');
       const keys = [...changes.expected.keys()];
-      ctx.app.emit('session:conflict', { ctx, id: loaded.id, keys });
+      this.#emit('session:conflict', { id: loaded.id, keys });
       throw new SessionConflictError(keys);
     }
     // It stays ended: never brought back.
     this.#record = undefined;
-    ctx.app.emit('session:missed', { ctx, via: this.presented.via });
+    this.#emit('session:missed', { key: loaded.id, via: this.presented.via });
     if (this.#cookieTransport) clearCookie(ctx, engine.options.cookie);
   }
 

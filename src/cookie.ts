@@ -7,9 +7,54 @@ import { isWellFormedToken } from './token.js';
 export interface PresentedToken {
   /** The token, only when it has the shape of one we issue. */
   readonly token?: string;
-  readonly via: 'cookie' | 'bearer' | 'none';
+  /** The non-secret label `genid` put before the token, kept when the key is sent again. */
+  readonly label?: string;
+  readonly via: 'cookie' | 'bearer' | 'external' | 'none';
   /** Something was presented that is not a token (malformed, or a bad signature). */
   readonly invalid: boolean;
+  /** The presented value when it is malformed (not a token, so not a secret). */
+  readonly raw?: string;
+}
+
+/** koa-session's `prefix` and `externalKey`: how the key is shaped and carried. */
+export interface KeyShape {
+  readonly prefix: string;
+  readonly externalKey:
+    | { get(ctx: Context): string | undefined; set(ctx: Context, value: string): void }
+    | undefined;
+}
+
+/**
+ * The key handed to the client: `<prefix><label>.<token>`. Prefix and label are
+ * non-secret decoration; the 256-bit token is always the whole secret.
+ */
+export function keyValue(shape: KeyShape, token: string, label: string | undefined): string {
+  return `${shape.prefix}${label ? `${label}.` : ''}${token}`;
+}
+
+/** The token (and label) inside a presented key, or undefined when it is not one of ours. */
+export function parseKey(
+  shape: KeyShape,
+  value: string,
+): { token: string; label: string | undefined } | undefined {
+  if (!value.startsWith(shape.prefix)) return undefined;
+  const rest = value.slice(shape.prefix.length);
+  const token = rest.slice(-43);
+  if (!isWellFormedToken(token)) return undefined;
+  if (rest.length === 43) return { token, label: undefined };
+  if (rest.length < 45 || rest[rest.length - 44] !== '.') return undefined;
+  return { token, label: rest.slice(0, -44) };
+}
+
+function presentedKey(
+  shape: KeyShape,
+  value: string,
+  via: 'cookie' | 'bearer' | 'external',
+): PresentedToken {
+  const key = parseKey(shape, value);
+  return key
+    ? { token: key.token, label: key.label, via, invalid: false }
+    : { via, invalid: true, raw: value };
 }
 
 function isSecure(ctx: Context, options: ResolvedCookieOptions): boolean {
@@ -36,7 +81,14 @@ export function readToken(
   ctx: Context,
   options: ResolvedCookieOptions,
   bearer: boolean,
+  shape: KeyShape = { prefix: '', externalKey: undefined },
 ): PresentedToken {
+  if (shape.externalKey) {
+    const value = shape.externalKey.get(ctx);
+    return typeof value === 'string' && value.length > 0
+      ? presentedKey(shape, value, 'external')
+      : { via: 'none', invalid: false };
+  }
   if (bearer) {
     const header = ctx.get('authorization');
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
@@ -55,9 +107,7 @@ export function readToken(
     const tampered = isSigned && ctx.cookies.get(name, { signed: false }) !== undefined;
     return { via: 'none', invalid: tampered };
   }
-  return isWellFormedToken(value)
-    ? { token: value, via: 'cookie', invalid: false }
-    : { via: 'cookie', invalid: true };
+  return presentedKey(shape, value, 'cookie');
 }
 
 /**
@@ -115,13 +165,13 @@ function attributes(
 export function writeCookie(
   ctx: Context,
   options: ResolvedCookieOptions,
-  token: string,
+  value: string,
   maxAge: number | 'session' | undefined,
 ): void {
   const lifetime = maxAge ?? options.maxAge;
   ctx.cookies.set(
     cookieName(ctx, options),
-    token,
+    value,
     attributes(ctx, options, lifetime, signed(ctx, options)),
   );
 }

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
 import { sql, type Transaction } from 'kysely';
-import { ContextSession } from './context-session.js';
+import { ContextSession, emitDeferred } from './context-session.js';
 import { SessionControl } from './control.js';
 import { readToken } from './cookie.js';
 import type { RequestDatabase } from './db/schema.js';
@@ -23,9 +23,12 @@ import {
   type SessionOptions,
 } from './options.js';
 import { isStorableText } from './serialize.js';
-import type { Session } from './session.js';
+import { Session } from './session.js';
+import { hashToken } from './token.js';
 
 const CONTEXT_SESSION = Symbol('pg-sessions.context-session');
+/** ctx.session read before the middleware ran: a placeholder the middleware replaces. */
+const EARLY_SESSION = Symbol('pg-sessions.early-session');
 
 declare module 'koa' {
   interface ExtendableContext {
@@ -40,6 +43,7 @@ declare module 'koa' {
      */
     db?: Transaction<RequestDatabase>;
     [CONTEXT_SESSION]?: ContextSession;
+    [EARLY_SESSION]?: Session;
   }
 }
 
@@ -86,7 +90,11 @@ export function sessions(
     throw new SessionOptionsError('app', 'the second argument must be the Koa application');
   }
   const resolved = resolveOptions(options ?? {});
-  if (app) checkAppKeys(app.keys, resolved.cookie);
+  if (app) {
+    checkAppKeys(app.keys, resolved.cookie);
+    // As koa-session: ctx.session exists from the start, even before this middleware.
+    installAccessors(app.context);
+  }
   const engine = new SessionEngine(resolved);
   const { metrics } = engine;
   const events = new EventEmitter();
@@ -95,31 +103,59 @@ export function sessions(
   engine.listener?.on('notification', (message) => events.emit('cache:notification', message));
 
   const middleware = async (ctx: Context, next: Next): Promise<void> => {
-    installAccessors(ctx);
+    installAccessors(Object.getPrototypeOf(ctx) as object);
     checkAppKeys(ctx.app.keys, resolved.cookie);
     await guard(() => engine.start());
     metrics.increment('requests');
     const tenantId = validTenant(resolved.tenant(ctx));
     const mode = resolved.mode(ctx);
-    const presented = readToken(ctx, resolved.cookie, resolved.bearer);
+    const presented = readToken(ctx, resolved.cookie, resolved.bearer, resolved.koa);
     if (presented.invalid) {
       metrics.increment('invalidTokens');
-      ctx.app.emit('session:invalid', { ctx, via: presented.via });
+      // Malformed: nothing to look up (koa-session: missed). A bad signature: invalid.
+      const event = presented.raw !== undefined ? 'session:missed' : 'session:invalid';
+      emitDeferred(ctx.app, resolved.logger, event, {
+        key: presented.raw === undefined ? undefined : eventKey(presented.raw),
+        value: undefined,
+        ctx,
+        via: presented.via,
+      });
     }
     const context = new ContextSession(engine, ctx, tenantId, mode, presented, (userId) =>
       resolved.actor(ctx, userId),
     );
     ctx[CONTEXT_SESSION] = context;
+    ctx[EARLY_SESSION] = undefined;
     ctx.sessions = new SessionControl(context, resolved.maxSessionsPerUser);
 
     if (resolved.transaction(ctx) === 'request' || mode === 'lock') {
       await inRequestTransaction(context, next);
     } else {
       await guard(() => context.load());
-      await next();
-      await guard(() => context.commit());
+      await runThenCommit(context, next);
     }
   };
+
+  /**
+   * As koa-session, the commit runs in a `finally`: a handler that throws after changing
+   * the session, caught by an upstream middleware, still saves. When the commit itself
+   * fails after the handler threw, the handler's error is the one that propagates.
+   */
+  async function runThenCommit(context: ContextSession, next: Next): Promise<void> {
+    try {
+      await next();
+    } catch (error) {
+      if (resolved.koa.autoCommit) {
+        try {
+          await guard(() => context.commit());
+        } catch (commitError) {
+          resolved.logger.error({ err: commitError }, 'the session could not be saved');
+        }
+      }
+      throw error;
+    }
+    if (resolved.koa.autoCommit) await guard(() => context.commit());
+  }
 
   async function inRequestTransaction(context: ContextSession, next: Next): Promise<void> {
     const { ctx } = context;
@@ -141,6 +177,8 @@ export function sessions(
         } finally {
           ctx.db = undefined;
         }
+        // A handler that throws rolls the whole transaction back, session included.
+        if (!resolved.koa.autoCommit) return;
         const actor = resolved.actor(ctx, context.userId);
         await guard(async () => {
           await sql`SELECT set_config('sessions.actor', ${actor}, true)`.execute(trx);
@@ -201,6 +239,14 @@ function translate(error: unknown): unknown {
   return error;
 }
 
+/**
+ * The `key` of an event about a malformed value: the value itself, unless it could
+ * hide one of our tokens (a cookie from before a `prefix` change): then its SHA-256.
+ */
+function eventKey(raw: string): string {
+  return /[A-Za-z0-9_-]{43}/.test(raw) ? hashToken(raw).toString('hex') : raw;
+}
+
 /** A Koa application, told from an options object the way koa-session does. */
 function isApp(value: unknown): value is Koa {
   return typeof (value as { use?: unknown } | undefined)?.use === 'function';
@@ -223,22 +269,35 @@ function validTenant(tenant: unknown): string {
   return tenant;
 }
 
-/** ctx.session is an accessor on the app's context prototype, installed once per app. */
+/**
+ * ctx.session is an accessor on the app's context (koa-session's place for it),
+ * installed at construction when `sessions()` is given the app, else at the first
+ * request. A `session` the context already has of its own (a test's mock) is kept.
+ */
 const installed = new WeakSet<object>();
-function installAccessors(ctx: Context): void {
-  const proto = Object.getPrototypeOf(ctx) as object;
+function installAccessors(proto: object): void {
   if (installed.has(proto)) return;
   installed.add(proto);
+  if (Object.hasOwn(proto, 'session')) return;
   // The accessor only delegates: the request's ContextSession owns the state.
   Object.defineProperty(proto, 'session', {
     configurable: true,
     get(this: Context) {
-      return this[CONTEXT_SESSION]?.get();
+      const context = this[CONTEXT_SESSION];
+      if (context) return context.get();
+      // Before the middleware: an empty session, replaced by the loaded one (as a
+      // koa-session store does).
+      this[EARLY_SESSION] ??= new Session(new Map(), true);
+      return this[EARLY_SESSION];
     },
     set(this: Context, value: unknown) {
       const context = this[CONTEXT_SESSION];
-      if (!context) throw new TypeError('ctx.session is set before the pg-sessions middleware ran');
-      context.set(value);
+      if (context) {
+        context.set(value);
+        return;
+      }
+      const data = value && typeof value === 'object' ? (value as Record<string, unknown>) : {};
+      this[EARLY_SESSION] = new Session(new Map(), true, data);
     },
   });
 }

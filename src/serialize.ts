@@ -12,6 +12,9 @@ export const RESERVED_KEYS: ReadonlySet<string> = new Set([
   'length',
   'populated',
   'save',
+  'regenerate',
+  'manuallyCommit',
+  'externalKey',
 ]);
 
 /** Deepest nesting of objects and arrays a session value may have. */

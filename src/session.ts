@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { SessionDataError } from './errors.js';
 import { RESERVED_KEYS, serializeValue } from './serialize.js';
 
@@ -18,10 +19,23 @@ export interface LoadedValue {
  */
 export type DataSnapshot = ReadonlyMap<string, LoadedValue>;
 
+/** What a session object asks of the request that owns it (koa-session's `_sessCtx`). */
+export interface SessionOwner {
+  /** The configured cookie lifetime, what `session.maxAge` reads when not set. */
+  readonly configuredMaxAge: number | 'session';
+  /** Rotates the token at commit (koa-session's `regenerate()`). */
+  regenerate(): void;
+  /** Commits now (koa-session's `manuallyCommit()`). */
+  commit(): Promise<void>;
+  /** The key as handed to the client (cookie value or external key). */
+  externalKey(): string | undefined;
+}
+
 /** What the middleware tracks about a session object, kept off its enumerable keys. */
 interface SessionInternals {
   isNew: boolean;
   maxAge: number | 'session' | undefined;
+  owner: SessionOwner | undefined;
   loaded: DataSnapshot;
   forceSave: boolean;
 }
@@ -72,13 +86,20 @@ export class Session {
    * `values`: the objects to use as they are (data the app just assigned); else each
    * value comes from the snapshot, objects as fresh copies.
    */
-  constructor(loaded: DataSnapshot, isNew: boolean, values?: Readonly<Record<string, unknown>>) {
-    internals.set(this, { isNew, maxAge: undefined, loaded, forceSave: false });
+  constructor(
+    loaded: DataSnapshot,
+    isNew: boolean,
+    values?: Readonly<Record<string, unknown>>,
+    owner?: SessionOwner,
+  ) {
+    internals.set(this, { isNew, maxAge: undefined, owner, loaded, forceSave: false });
     const self = this as Record<string, unknown>;
     if (values) {
       for (const [key, value] of Object.entries(values)) {
+        // Assigned data: `maxAge` sets the session's maxAge, as in koa-session.
+        if (key === 'maxAge') this.maxAge = value as number | 'session';
         // Stored data never gets to shadow the API or a prototype.
-        if (!RESERVED_KEYS.has(key)) self[key] = value;
+        else if (!RESERVED_KEYS.has(key)) self[key] = value;
       }
       return;
     }
@@ -92,9 +113,13 @@ export class Session {
     return internals.get(this)!.isNew;
   }
 
-  /** The cookie's max age in ms for this session, or 'session' for a browser-session cookie. */
+  /**
+   * The cookie's max age in ms for this session, or 'session' for a browser-session
+   * cookie: the value set on this session in this request, else the configured one.
+   */
   get maxAge(): number | 'session' | undefined {
-    return internals.get(this)!.maxAge;
+    const state = internals.get(this)!;
+    return state.maxAge ?? state.owner?.configuredMaxAge;
   }
 
   set maxAge(value: number | 'session' | undefined) {
@@ -134,6 +159,32 @@ export class Session {
   inspect(): Record<string, unknown> {
     return this.toJSON();
   }
+
+  /** koa-session's `util.inspect` of a session: its data. */
+  [inspect.custom](): Record<string, unknown> {
+    return this.toJSON();
+  }
+
+  /** koa-session's `ctx.session.regenerate()`: a new token for the same session, at commit. */
+  regenerate(): Promise<void> {
+    internals.get(this)!.owner?.regenerate();
+    return Promise.resolve();
+  }
+
+  /** koa-session's `manuallyCommit()`: writes now (with `autoCommit: false`, the only write). */
+  async manuallyCommit(): Promise<void> {
+    await internals.get(this)!.owner?.commit();
+  }
+
+  /** koa-session's `externalKey`: the session key as handed to the client. */
+  get externalKey(): string | undefined {
+    return internals.get(this)!.owner?.externalKey();
+  }
+}
+
+/** The maxAge set on this session in this request (undefined: the configured one applies). */
+export function sessionMaxAge(session: Session): number | 'session' | undefined {
+  return internals.get(session)!.maxAge;
 }
 
 /** Whether save() or a maxAge change asked for a write. */
@@ -198,6 +249,10 @@ export function replaceData(session: Session, data: Record<string, unknown>): vo
   for (const key of Object.keys(session))
     delete (session as unknown as Record<string, unknown>)[key];
   for (const [key, value] of Object.entries(data)) {
+    if (key === 'maxAge') {
+      session.maxAge = value as number | 'session';
+      continue;
+    }
     if (RESERVED_KEYS.has(key)) throw new SessionDataError('this key name is reserved', key);
     Object.defineProperty(session, key, {
       value,

@@ -18,6 +18,8 @@ export interface SessionRecord {
   readonly touchDue: boolean;
   /** `data` key by key, kept with cached rows (see {@link DataSnapshot}). */
   readonly snapshot?: DataSnapshot;
+  /** Loaded with `includeExpired`: the row is there but past its expiry (not live). */
+  readonly expired?: boolean;
 }
 
 /** One of a user's sessions, for a "your devices" page. Never carries data or the token. */
@@ -106,14 +108,19 @@ export class SessionStore {
     runner: StatementRunner,
     tenantId: string,
     tokenHash: Buffer,
-    options: { forUpdate?: boolean; minVersion?: number } = {},
+    options: { forUpdate?: boolean; minVersion?: number; includeExpired?: boolean } = {},
   ): Promise<SessionRecord | undefined> {
+    // includeExpired: an expired (never a revoked) row comes back marked, so that
+    // session:expired can be told from session:missed in the same statement.
     let query = db
       .selectFrom('sessions.session')
-      .select(returningRecord(this.expiry.touchIntervalMs))
+      .select([
+        ...returningRecord(this.expiry.touchIntervalMs),
+        sql<boolean>`expires_at <= now()`.as('expired'),
+      ])
       .where('tenant_id', '=', tenantId)
       .where('token_hash', '=', tokenHash)
-      .where(live);
+      .where(options.includeExpired ? sql<boolean>`revoked_at IS NULL` : live);
     if (options.forUpdate) query = query.forUpdate();
     const { rows, fromReplica } = await runner.read(query);
     let row = rows[0] as SessionRow | undefined;
@@ -124,7 +131,9 @@ export class SessionStore {
         | SessionRow
         | undefined;
     }
-    return row ? toRecord(row) : undefined;
+    if (!row) return undefined;
+    const record = toRecord(row);
+    return (row as { expired?: boolean }).expired ? { ...record, expired: true } : record;
   }
 
   /** The session by public id on the primary, live or not (the failover retry checks it). */

@@ -38,6 +38,85 @@ test('a wrong option fails at construction with a sentence naming the option', (
   }
 });
 
+test('an unknown option name is refused with the nearest known one', (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [
+      { idleTimout: 1000 },
+      /option idleTimout: is not an option of pg-sessions; did you mean idleTimeout\?/,
+    ],
+    [
+      { cookie: { sameSite: 'lax', nmae: 'x' } },
+      /option cookie\.nmae: .*did you mean cookie\.name\?/,
+    ],
+    [{ cache: { maxEntry: 10 } }, /did you mean cache\.maxEntries\?/],
+    [{ gc: { intervall: 10 } }, /did you mean gc\.interval\?/],
+    [{ rollling: true }, /did you mean rolling\?/],
+    [{ somethingElse: 1 }, /option somethingElse: is not an option of pg-sessions$/],
+  ];
+  for (const [extra, message] of cases) {
+    const error = t.throws(() => sessions({ database: 'postgres://x/y', ...extra } as never), {
+      instanceOf: SessionOptionsError,
+    });
+    t.regex(error?.message ?? '', message);
+  }
+});
+
+test('koa-session’s option names are accepted with koa-session’s meaning', (t) => {
+  const middleware = sessions({
+    database: 'postgres://x/y',
+    key: 'koa.sess',
+    maxAge: 3_600_000,
+    httpOnly: true,
+    signed: false,
+    secure: true,
+    sameSite: 'strict',
+    overwrite: true,
+    rolling: true,
+    renew: false,
+    autoCommit: false,
+    valid: () => true,
+    beforeSave: () => {},
+    genid: () => 'label',
+    prefix: 'sess:',
+  });
+  const { cookie, idleTimeout, koa } = middleware.options;
+  t.like(cookie, {
+    name: 'koa.sess',
+    maxAge: 3_600_000,
+    signed: false,
+    secure: true,
+    sameSite: 'strict',
+  });
+  t.is(idleTimeout, 3_600_000, 'maxAge is also how long the stored session lives after a save');
+  t.like(koa, { rolling: true, renew: false, autoCommit: false, prefix: 'sess:' });
+  t.is(
+    sessions({ database: 'postgres://x/y', maxAge: 'session' }).options.cookie.maxAge,
+    'session',
+  );
+});
+
+test('koa-session options that would weaken the cookie or cannot apply are refused', (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ httpOnly: false }, /option httpOnly: false is refused/],
+    [{ encode: () => '' }, /option encode: cannot apply/],
+    [{ decode: () => ({}) }, /option decode: cannot apply/],
+    [{ key: 'a', cookie: { name: 'b' } }, /option key: and cookie\.name are the same setting/],
+    [
+      { externalKey: {} },
+      /option externalKey: must be an object with get\(ctx\) and set\(ctx, value\)/,
+    ],
+    [{ prefix: 'a b' }, /option prefix/],
+    [{ rolling: 'yes' }, /option rolling: must be a boolean/],
+    [{ genid: 'x' }, /option genid: must be a function/],
+  ];
+  for (const [extra, message] of cases) {
+    const error = t.throws(() => sessions({ database: 'postgres://x/y', ...extra } as never), {
+      instanceOf: SessionOptionsError,
+    });
+    t.regex(error?.message ?? '', message);
+  }
+});
+
 test('the caller’s options object is never modified, and the resolved one is frozen', (t) => {
   const options = { database: 'postgres://x/y', cookie: { name: 'app' } };
   const middleware = sessions(options);

@@ -15,6 +15,9 @@ const loadedUntouched: CommitFacts = {
   bindUser: false,
   touchDue: false,
   saveUninitialized: false,
+  rolling: false,
+  renew: false,
+  renewDue: false,
 };
 
 /** A first visit: no token presented. */
@@ -89,4 +92,56 @@ test('a session the request revoked itself is never written, and its cookie goes
     planCommit({ ...loadedUntouched, revokedSelf: true, sessionInUse: true, dataChanged: true }),
     { action: 'revoked', clearCookie: true },
   );
+});
+
+test('every write sends the key again (the cookie expiry slides); nothing else does by default', (t) => {
+  const inUse = { ...loadedUntouched, sessionInUse: true };
+  t.like(planCommit({ ...inUse, dataChanged: true }), { action: 'save', sendCookie: true });
+  t.like(planCommit({ ...inUse, rotate: true }), { action: 'rotate', sendCookie: true });
+  t.like(planCommit({ ...firstVisit, sessionInUse: true, dataChanged: true }), {
+    action: 'create',
+    sendCookie: true,
+  });
+  t.like(planCommit(inUse), { action: 'none', sendCookie: false });
+  t.like(planCommit({ ...inUse, touchDue: true }), { action: 'touch', sendCookie: false });
+  t.like(planCommit({ ...loadedUntouched, destroyRequested: true }), { sendCookie: false });
+});
+
+test('a first visit assigned an object creates (its keys are changes against an empty baseline)', (t) => {
+  t.like(planCommit({ ...firstVisit, sessionInUse: true, dataChanged: true }), {
+    action: 'create',
+    destroyFirst: false,
+  });
+});
+
+test('session = null always expires the cookie, even when no token was presented', (t) => {
+  t.like(planCommit({ ...firstVisit, destroyRequested: true }), {
+    action: 'none',
+    clearCookie: true,
+  });
+});
+
+test('rolling re-sends the key of a session in use without a statement; not of an unread or new one', (t) => {
+  const rolling = { ...loadedUntouched, rolling: true };
+  t.like(planCommit({ ...rolling, sessionInUse: true }), { action: 'none', sendCookie: true });
+  t.like(planCommit({ ...rolling, sessionInUse: true, touchDue: true }), {
+    action: 'touch',
+    sendCookie: true,
+  });
+  t.like(planCommit(rolling), { action: 'none', sendCookie: false });
+  t.like(planCommit({ ...firstVisit, rolling: true, sessionInUse: true }), {
+    action: 'none',
+    sendCookie: false,
+  });
+});
+
+test('renew saves and re-sends the key in the last half-life; a renewing touch re-sends it too', (t) => {
+  const renew = { ...loadedUntouched, renew: true, sessionInUse: true };
+  t.like(planCommit({ ...renew, renewDue: true }), { action: 'save', sendCookie: true });
+  t.like(planCommit(renew), { action: 'none', sendCookie: false });
+  t.like(planCommit({ ...renew, touchDue: true }), { action: 'touch', sendCookie: true });
+  t.like(planCommit({ ...loadedUntouched, renew: true, touchDue: true }), {
+    action: 'touch',
+    sendCookie: true,
+  });
 });
