@@ -2,7 +2,13 @@ import type { Context } from 'koa';
 import type pg from 'pg';
 import type { SessionDatabase } from './db/router.js';
 import { SessionOptionsError } from './errors.js';
+import {
+  mapKoaSessionOptions,
+  type ResolvedKoaOptions,
+  resolveKoaOptions,
+} from './koa-session-options.js';
 import { defaultLogger, type Logger } from './logger.js';
+import { rejectUnknownOptions } from './option-names.js';
 
 /** How concurrent requests on one session combine their writes. */
 export type ConcurrencyMode = 'merge' | 'strict' | 'lock';
@@ -157,216 +163,6 @@ export interface SessionOptions {
   decode?: never;
 }
 
-/** koa-session's hooks and switches, as resolved. */
-export interface ResolvedKoaOptions {
-  readonly rolling: boolean;
-  readonly renew: boolean;
-  readonly autoCommit: boolean;
-  readonly valid: ((ctx: Context, session: Record<string, unknown>) => boolean) | undefined;
-  readonly beforeSave: ((ctx: Context, session: Record<string, unknown>) => void) | undefined;
-  readonly genid: ((ctx: Context) => string) | undefined;
-  readonly prefix: string;
-  readonly externalKey: SessionOptions['externalKey'];
-}
-
-/** Every option name `sessions()` knows: anything else is a mistake, reported with the nearest. */
-const KNOWN_OPTIONS = [
-  'database',
-  'tenant',
-  'idleTimeout',
-  'absoluteTimeout',
-  'touchInterval',
-  'mode',
-  'transaction',
-  'lockTimeout',
-  'maxSize',
-  'maxSessionsPerUser',
-  'saveUninitialized',
-  'cookie',
-  'bearer',
-  'actor',
-  'statementTimeout',
-  'connectTimeout',
-  'poolSize',
-  'checkSchema',
-  'cache',
-  'touchFlushInterval',
-  'gc',
-  'logger',
-  'key',
-  'maxAge',
-  'httpOnly',
-  'signed',
-  'secure',
-  'sameSite',
-  'overwrite',
-  'rolling',
-  'renew',
-  'autoCommit',
-  'valid',
-  'beforeSave',
-  'genid',
-  'prefix',
-  'externalKey',
-  'encode',
-  'decode',
-] as const;
-const KNOWN_COOKIE_OPTIONS = [
-  'name',
-  'path',
-  'domain',
-  'sameSite',
-  'secure',
-  'hostPrefix',
-  'maxAge',
-  'signed',
-] as const;
-const KNOWN_CACHE_OPTIONS = [
-  'maxEntries',
-  'maxBytes',
-  'heartbeatInterval',
-  'reconnectMinDelay',
-  'reconnectMaxDelay',
-  'listenUrl',
-] as const;
-const KNOWN_GC_OPTIONS = ['interval', 'batchSize', 'maxBatches'] as const;
-
-/** Rejects an unknown key of an options object, naming the closest known one. */
-function rejectUnknown(prefix: string, value: unknown, known: readonly string[]): void {
-  if (value === null || typeof value !== 'object') return;
-  for (const name of Object.keys(value)) {
-    if (known.includes(name)) continue;
-    const nearest = known
-      .map((candidate) => ({ candidate, distance: editDistance(name, candidate) }))
-      .sort((a, b) => a.distance - b.distance)[0];
-    const hint =
-      nearest && nearest.distance <= Math.max(3, Math.floor(name.length / 3))
-        ? `; did you mean ${prefix}${nearest.candidate}?`
-        : '';
-    throw new SessionOptionsError(`${prefix}${name}`, `is not an option of pg-sessions${hint}`);
-  }
-}
-
-/** Levenshtein distance, case-insensitive (option names are short). */
-export function editDistance(a: string, b: string): number {
-  const x = a.toLowerCase();
-  const y = b.toLowerCase();
-  let previous = Array.from({ length: y.length + 1 }, (_, index) => index);
-  for (let i = 1; i <= x.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= y.length; j++) {
-      current[j] = Math.min(
-        previous[j]! + 1,
-        current[j - 1]! + 1,
-        previous[j - 1]! + (x[i - 1] === y[j - 1] ? 0 : 1),
-      );
-    }
-    previous = current;
-  }
-  return previous[y.length]!;
-}
-
-/**
- * koa-session's top-level names moved to where pg-sessions keeps them (`key` →
- * `cookie.name`, …). Giving both spellings of one setting is refused: which one wins
- * would be a guess.
- */
-function mapKoaSessionOptions(options: SessionOptions): SessionOptions {
-  if (options.encode !== undefined || options.decode !== undefined) {
-    throw new SessionOptionsError(
-      options.encode !== undefined ? 'encode' : 'decode',
-      'cannot apply: pg-sessions keeps the session in PostgreSQL, the cookie only carries a random token',
-    );
-  }
-  if (options.httpOnly === false) {
-    throw new SessionOptionsError(
-      'httpOnly',
-      'false is refused: the cookie carries the bearer secret, scripts must never read it',
-    );
-  }
-  if (options.httpOnly !== undefined && options.httpOnly !== true) {
-    throw new SessionOptionsError('httpOnly', 'must be true (the default)');
-  }
-  if (options.overwrite !== undefined && typeof options.overwrite !== 'boolean') {
-    throw new SessionOptionsError('overwrite', 'must be a boolean');
-  }
-  const cookie: CookieOptions = { ...(options.cookie ?? {}) };
-  const move = <K extends keyof CookieOptions>(
-    from: 'key' | 'maxAge' | 'signed' | 'secure' | 'sameSite',
-    to: K,
-  ) => {
-    const value = options[from];
-    if (value === undefined) return;
-    if (cookie[to] !== undefined) {
-      throw new SessionOptionsError(from, `and cookie.${to} are the same setting: give one`);
-    }
-    cookie[to] = value as CookieOptions[K];
-  };
-  move('key', 'name');
-  move('maxAge', 'maxAge');
-  move('signed', 'signed');
-  move('secure', 'secure');
-  move('sameSite', 'sameSite');
-  const mapped: SessionOptions = { ...options, cookie };
-  // koa-session's maxAge is also how long the store keeps the session after a save.
-  if (typeof options.maxAge === 'number' && options.idleTimeout === undefined) {
-    mapped.idleTimeout = options.maxAge;
-    if (options.absoluteTimeout === undefined && options.maxAge > 604_800_000) {
-      mapped.absoluteTimeout = options.maxAge;
-    }
-  }
-  return mapped;
-}
-
-function resolveKoaOptions(options: SessionOptions): ResolvedKoaOptions {
-  const flag = (name: 'rolling' | 'renew' | 'autoCommit', fallback: boolean) => {
-    const value = options[name];
-    if (value !== undefined && typeof value !== 'boolean') {
-      throw new SessionOptionsError(name, 'must be a boolean');
-    }
-    return value ?? fallback;
-  };
-  const prefix = options.prefix ?? '';
-  if (typeof prefix !== 'string' || !/^[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*$/.test(prefix)) {
-    throw new SessionOptionsError('prefix', 'must be a string of cookie-value characters');
-  }
-  const externalKey = options.externalKey;
-  if (
-    externalKey !== undefined &&
-    (externalKey === null ||
-      typeof externalKey.get !== 'function' ||
-      typeof externalKey.set !== 'function')
-  ) {
-    throw new SessionOptionsError(
-      'externalKey',
-      'must be an object with get(ctx) and set(ctx, value)',
-    );
-  }
-  if (externalKey && options.bearer) {
-    throw new SessionOptionsError(
-      'externalKey',
-      'and bearer are two ways to carry the key: give one',
-    );
-  }
-  return Object.freeze({
-    rolling: flag('rolling', false),
-    renew: flag('renew', false),
-    autoCommit: flag('autoCommit', true),
-    valid: optionalFn('valid', options.valid),
-    beforeSave: optionalFn('beforeSave', options.beforeSave),
-    genid: optionalFn('genid', options.genid),
-    prefix,
-    externalKey,
-  });
-}
-
-function optionalFn<F>(name: string, value: F | undefined): F | undefined {
-  if (value !== undefined && typeof value !== 'function') {
-    throw new SessionOptionsError(name, 'must be a function');
-  }
-  return value;
-}
-
 export interface ResolvedCookieOptions {
   readonly name: string;
   readonly path: string;
@@ -412,10 +208,7 @@ const TRANSACTION_MODES: readonly TransactionMode[] = ['none', 'request'];
 
 /** Applies the defaults and validates; the caller's object is never modified. */
 export function resolveOptions(given: SessionOptions = {}): ResolvedOptions {
-  rejectUnknown('', given, KNOWN_OPTIONS);
-  rejectUnknown('cookie.', given.cookie, KNOWN_COOKIE_OPTIONS);
-  if (given.cache) rejectUnknown('cache.', given.cache, KNOWN_CACHE_OPTIONS);
-  if (given.gc) rejectUnknown('gc.', given.gc, KNOWN_GC_OPTIONS);
+  rejectUnknownOptions(given);
   const koa = resolveKoaOptions(given);
   const options = mapKoaSessionOptions(given);
   const database = options.database ?? process.env.DATABASE_URL;
