@@ -1,121 +1,163 @@
 import Koa from 'koa';
 import Router from 'koa-router';
 import { type SessionMiddleware, type SessionOptions, sessions } from '../src/index.js';
+import { type Notice, notices, REVOKED_DEVICE, REVOKED_OTHERS } from './notices.js';
+import {
+  devicesPage,
+  errorPage,
+  FAVICON_SVG,
+  homePage,
+  MAX_USER_NAME,
+  type Visitor,
+} from './pages.js';
+import { describeUserAgent, deviceTitle } from './user-agent.js';
+
+/** How the demo itself is deployed (the session options are separate). */
+export interface DemoOptions {
+  /**
+   * Behind a TLS-terminating proxy: trust `X-Forwarded-Proto` and `X-Forwarded-For`
+   * (Koa's `app.proxy`), so cookies are Secure and devices show the client's address.
+   * @default false
+   */
+  readonly proxy?: boolean;
+}
 
 /**
  * The demo: login, logout, a counter, a cart and a "your devices" page that lists
- * and revokes sessions. Users are whatever name you type (authentication is the
- * application's job, not the session library's).
+ * and signs out sessions, telling a device that was signed out why. Users are whatever
+ * name you type (authentication is the application's job, not the session library's).
  */
-export function createDemoApp(options: SessionOptions): {
-  app: Koa;
-  middleware: SessionMiddleware;
-} {
+export function createDemoApp(
+  options: SessionOptions,
+  demo: DemoOptions = {},
+): { app: Koa; middleware: SessionMiddleware } {
   const app = new Koa();
   app.keys = [process.env.SESSION_SECRET ?? 'demo secret: set SESSION_SECRET in production'];
+  app.proxy = demo.proxy ?? false;
   const middleware = sessions({ maxSessionsPerUser: 5, ...options });
 
-  app.use(async (ctx, next) => {
-    try {
-      await next();
-    } catch (error) {
-      const failure = error as {
-        status?: number;
-        code?: string;
-        message?: string;
-        expose?: boolean;
-      };
-      ctx.status = failure.status ?? 500;
-      ctx.body = page(
-        'Error',
-        `<p>${escapeHtml(failure.expose ? (failure.message ?? '') : 'Something went wrong')} (${failure.code ?? 'INTERNAL'})</p>`,
-      );
-    }
-  });
+  app.use(errorPages);
   app.use(middleware);
+  app.use(notices);
 
   const router = new Router();
+  router.get(['/favicon.svg', '/favicon.ico'], (ctx) => {
+    ctx.type = 'image/svg+xml';
+    ctx.set('cache-control', 'public, max-age=86400');
+    ctx.body = FAVICON_SVG;
+  });
   router.get('/', (ctx) => {
-    const session = ctx.session!;
-    const user = ctx.sessions.userId;
-    const cart = (session.cart as string[] | undefined) ?? [];
-    ctx.body = page(
-      'pg-sessions demo',
-      `<p>${user ? `Signed in as <b>${escapeHtml(user)}</b>` : 'Not signed in'} · session ${ctx.sessions.id ?? '(not saved yet)'}</p>
-       <form method="post" action="/counter"><button>Count: ${Number(session.count ?? 0)}</button></form>
-       <h2>Cart</h2><ul>${cart.map((item) => `<li>${escapeHtml(item)}</li>`).join('')}</ul>
-       <form method="post" action="/cart"><input name="item" placeholder="item"><button>Add</button></form>
-       ${
-         user
-           ? `<p><a href="/devices">Your devices</a></p><form method="post" action="/logout"><button>Log out</button></form>`
-           : `<form method="post" action="/login"><input name="user" placeholder="user name"><button>Log in</button></form>`
-       }`,
-    );
+    ctx.body = homePage(visitor(ctx), cartAndCount(ctx));
   });
   router.post('/counter', (ctx) => {
     ctx.session!.count = Number(ctx.session!.count ?? 0) + 1;
     ctx.redirect('/');
   });
   router.post('/cart', async (ctx) => {
-    const item = (await form(ctx)).get('item')?.trim();
+    const item = (await form(ctx)).get('item')?.trim().slice(0, 100);
     if (item) ctx.session!.cart = [...((ctx.session!.cart as string[] | undefined) ?? []), item];
     ctx.redirect('/');
   });
   router.post('/login', async (ctx) => {
-    const user = (await form(ctx)).get('user')?.trim();
-    if (!user) ctx.throw(400, 'a user name is required');
-    ctx.sessions.bindUser(user!); // also issues a new token: no session fixation
-    ctx.redirect('/');
+    const fields = await form(ctx);
+    const user = fields.get('user')?.trim() ?? '';
+    const error = !user
+      ? 'Enter a user name to sign in.'
+      : user.length > MAX_USER_NAME
+        ? `A user name has at most ${MAX_USER_NAME} characters.`
+        : undefined;
+    if (error) {
+      // The form again, with the reason beside the field and the real status.
+      ctx.status = 400;
+      ctx.body = homePage(visitor(ctx), cartAndCount(ctx), { error, value: user });
+      return;
+    }
+    ctx.sessions.bindUser(user); // also issues a new token: no session fixation
+    ctx.redirect(fields.get('return') === '/devices' ? '/devices' : '/');
   });
   router.post('/logout', (ctx) => {
+    if (ctx.sessions.userId) ctx.state.notice = { code: 'signed-out' } satisfies Notice;
     ctx.session = null;
     ctx.redirect('/');
   });
   router.get('/devices', async (ctx) => {
-    const devices = await ctx.sessions.listForUser();
-    ctx.body = page(
-      'Your devices',
-      `<table><tr><th>Session</th><th>Created</th><th>Last seen</th><th>IP</th><th>Browser</th><th></th></tr>
-       ${devices
-         .map(
-           (device) => `<tr><td>${device.id}${device.current ? ' (this one)' : ''}</td>
-             <td>${device.createdAt.toISOString()}</td><td>${device.lastSeenAt.toISOString()}</td>
-             <td>${escapeHtml(device.ip ?? '')}</td><td>${escapeHtml(device.userAgent ?? '')}</td>
-             <td><form method="post" action="/devices/${device.id}/revoke"><button>Revoke</button></form></td></tr>`,
-         )
-         .join('')}</table>
-       <form method="post" action="/devices/revoke-others"><button>Log out everywhere else</button></form>
-       <p><a href="/">Back</a></p>`,
-    );
+    ctx.body = devicesPage(visitor(ctx), await ctx.sessions.listForUser());
   });
   router.post('/devices/revoke-others', async (ctx) => {
     const user = ctx.sessions.userId;
-    if (user)
-      await ctx.sessions.revokeUser(user, { exceptCurrent: true, reason: 'user_logout_others' });
+    if (user) {
+      const count = await ctx.sessions.revokeUser(user, {
+        exceptCurrent: true,
+        reason: REVOKED_OTHERS,
+      });
+      ctx.state.notice = { code: 'others-signed-out', count } satisfies Notice;
+    }
     ctx.redirect('/devices');
   });
   router.post('/devices/:id/revoke', async (ctx) => {
-    const mine = (await ctx.sessions.listForUser()).some((device) => device.id === ctx.params.id);
-    if (!mine) ctx.throw(404, 'no such session of yours');
-    await ctx.sessions.revoke(ctx.params.id!, 'user_revoked_device');
-    ctx.redirect('/devices');
+    // Signed out meanwhile: the devices page says why.
+    if (!ctx.sessions.userId) return ctx.redirect('/devices');
+    const device = (await ctx.sessions.listForUser()).find(({ id }) => id === ctx.params.id);
+    if (!device) return ctx.throw(404, 'That device is not signed in to your account (any more).');
+    await ctx.sessions.revoke(device.id, REVOKED_DEVICE);
+    ctx.state.notice = device.current
+      ? ({ code: 'signed-out-here' } satisfies Notice)
+      : ({
+          code: 'device-signed-out',
+          device: deviceTitle(describeUserAgent(device.userAgent)),
+        } satisfies Notice);
+    ctx.redirect(device.current ? '/' : '/devices');
   });
   app.use(router.routes()).use(router.allowedMethods());
   return { app, middleware };
 }
 
+/** Unknown paths, wrong methods and thrown errors as pages, with their real status. */
+async function errorPages(ctx: Koa.Context, next: Koa.Next): Promise<void> {
+  try {
+    await next();
+    if (ctx.body != null) return;
+    if (ctx.status === 404) ctx.throw(404, `There is no page at ${ctx.path}.`);
+    if (ctx.status === 405) {
+      // koa-router has set Allow; the page says what to do instead.
+      ctx.throw(405, `${ctx.path} only takes the form's POST; open the page it belongs to.`);
+    }
+  } catch (error) {
+    const failure = error as { status?: number; expose?: boolean; message?: string };
+    const status = failure.status && failure.status >= 400 ? failure.status : 500;
+    if (status >= 500) ctx.app.emit('error', error, ctx);
+    ctx.status = status;
+    ctx.type = 'html';
+    ctx.body = errorPage(
+      // The session middleware may not have run (a database outage): no user shown.
+      { userId: ctx.sessions?.userId ?? null },
+      status,
+      failure.expose && failure.message
+        ? failure.message
+        : 'Something went wrong on our side. Please try again in a moment.',
+    );
+  }
+}
+
+function visitor(ctx: Koa.Context): Visitor {
+  return { userId: ctx.sessions.userId, notice: ctx.state.notice as Notice | undefined };
+}
+
+function cartAndCount(ctx: Koa.Context): { count: number; cart: string[] } {
+  const session = ctx.session!;
+  return {
+    count: Number(session.count ?? 0),
+    cart: (session.cart as string[] | undefined) ?? [],
+  };
+}
+
 async function form(ctx: Koa.Context): Promise<URLSearchParams> {
   const chunks: Buffer[] = [];
-  for await (const chunk of ctx.req) chunks.push(chunk as Buffer);
+  let size = 0;
+  for await (const chunk of ctx.req) {
+    size += (chunk as Buffer).length;
+    if (size > 16_384) ctx.throw(413, 'That form is too large.');
+    chunks.push(chunk as Buffer);
+  }
   return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
-}
-
-function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
-}
-
-function page(title: string, body: string): string {
-  return `<!doctype html><meta charset="utf-8"><title>${title}</title>
-<style>body{font-family:system-ui;max-width:52rem;margin:2rem auto}td,th{padding:.2rem .5rem;text-align:left}</style>
-<h1>${title}</h1>${body}`;
 }

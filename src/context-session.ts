@@ -33,7 +33,7 @@ import {
   sessionMaxAge,
   snapshotData,
 } from './session.js';
-import type { DeviceSession, SessionRecord } from './store.js';
+import type { DeviceSession, SessionEnd, SessionRecord } from './store.js';
 import { generateToken, hashesEqual, hashToken } from './token.js';
 
 /** Safety margin against clock skew between Node and the database for cached rows. */
@@ -83,6 +83,8 @@ export class ContextSession {
   /** Statements run in the request's transaction: the cache is neither read nor filled. */
   #inTransaction = false;
   #runner: StatementRunner;
+  /** The presented token's session was revoked or has expired (ctx.sessions.ended). */
+  #ended: SessionEnd | undefined;
   /** genid's non-secret label before the token in the key handed out. */
   #label: string | undefined;
   /** What ctx.session asks of this request: maxAge default, regenerate, manual commit. */
@@ -187,6 +189,10 @@ export class ContextSession {
 
   get token(): string | undefined {
     return this.#token;
+  }
+
+  get ended(): SessionEnd | undefined {
+    return this.#ended;
   }
 
   get fence(): string | undefined {
@@ -314,28 +320,41 @@ export class ContextSession {
       fenceVersion,
       cache?.announcedVersion(this.tenantId, tokenHash) ?? 0,
     );
-    const record = await this.engine.withFailover(() =>
-      this.engine.store.load(this.#runner, this.tenantId, tokenHash, {
+    const found = await this.engine.withFailover(() =>
+      this.engine.store.loadPresented(this.#runner, this.tenantId, tokenHash, {
         forUpdate,
         minVersion,
-        includeExpired: true,
       }),
     );
     metrics.time('load', startedAt);
-    if (record && !record.expired) {
+    if (found?.live) {
+      const record = found.live;
       this.#record = record;
       this.#token = token;
       if (cacheUsable && this.engine.cacheTrusted) cache.set(record, epoch);
       this.#checkValid();
-    } else if (record) {
-      metrics.increment('misses');
-      this.#emit('session:expired', {
-        key: record.id,
-        value: record.data,
-        via: this.presented.via,
-      });
+      return;
+    }
+    metrics.increment('misses');
+    if (found) {
+      // Revoked or expired: a fresh session starts, and the app may say why.
+      this.#ended = found.ended;
+      if (found.ended.reason === 'expired') {
+        this.#emit('session:expired', {
+          key: found.ended.id,
+          value: found.data,
+          via: this.presented.via,
+          ended: found.ended,
+        });
+      } else {
+        // koa-session has no revoked event: missed, keyed as an unknown token is.
+        this.#emit('session:missed', {
+          key: tokenHash.toString('hex'),
+          via: this.presented.via,
+          ended: found.ended,
+        });
+      }
     } else {
-      metrics.increment('misses');
       // No row, so no public id: the key is what the store looks up, the token's SHA-256.
       this.#emit('session:missed', { key: tokenHash.toString('hex'), via: this.presented.via });
     }

@@ -1,5 +1,5 @@
 import type { ContextSession } from './context-session.js';
-import type { DeviceSession } from './store.js';
+import type { DeviceSession, SessionEnd } from './store.js';
 
 /**
  * `ctx.sessions`: what koa-session cannot do. Changes to the current session
@@ -40,6 +40,21 @@ export class SessionControl {
    */
   get token(): string | undefined {
     return this.#context.token;
+  }
+
+  /**
+   * Why the session this request presented has ended, when it was revoked
+   * (`revokedReason`: `max_sessions`, or what revoke() was given) or has expired: to
+   * tell a user why they were signed out. Undefined for a live session, no token, or
+   * a token that finds no row (unknown, tampered, rotated away, destroyed, or removed
+   * by garbage collection). Known at load, at no extra cost; the request goes on with a
+   * fresh session.
+   *
+   * @example
+   * if (ctx.sessions.ended?.revokedReason === 'max_sessions') notice = 'Signed in on too many devices';
+   */
+  get ended(): SessionEnd | undefined {
+    return this.#context.ended;
   }
 
   /** The WAL position of this request's last write (read-your-writes fence). */

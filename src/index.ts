@@ -66,4 +66,4 @@ export type {
 } from './options.js';
 export { type PrometheusRegistry, registerPrometheusMetrics } from './prometheus.js';
 export type { Session } from './session.js';
-export type { DeviceSession, SessionRecord } from './store.js';
+export type { DeviceSession, SessionEnd, SessionRecord } from './store.js';

@@ -18,9 +18,36 @@ export interface SessionRecord {
   readonly touchDue: boolean;
   /** `data` key by key, kept with cached rows (see {@link DataSnapshot}). */
   readonly snapshot?: DataSnapshot;
-  /** Loaded with `includeExpired`: the row is there but past its expiry (not live). */
-  readonly expired?: boolean;
 }
+
+/**
+ * Why a presented token found no live session: its row is still there (until garbage
+ * collection removes it) but was revoked or has expired. `ctx.sessions.ended`.
+ */
+export interface SessionEnd {
+  /** `revoked`: revoke(), revokeUser(), `maxSessionsPerUser` or `pg-sessions revoke`; `expired`: idle or absolute timeout. */
+  readonly reason: 'revoked' | 'expired';
+  /** The revocation's stored reason (`revoked_reason`): `max_sessions`, or what revoke() was given. */
+  readonly revokedReason?: string;
+  /** When it ended: the revocation's time, or the expiry that passed. */
+  readonly endedAt: Date;
+  /** The ended session's public id. */
+  readonly id: string;
+}
+
+/**
+ * What a presented token finds: its live row, or the row that ended (never a
+ * {@link SessionRecord}, so it cannot be served or cached as live), or nothing.
+ */
+export type PresentedRow =
+  | { readonly live: SessionRecord; readonly ended?: undefined }
+  | {
+      readonly live?: undefined;
+      readonly ended: SessionEnd;
+      /** The ended row's data (koa-session's `session:expired` carries it as `value`). */
+      readonly data: Readonly<Record<string, unknown>>;
+    }
+  | undefined;
 
 /** One of a user's sessions, for a "your devices" page. Never carries data or the token. */
 export interface DeviceSession {
@@ -45,7 +72,7 @@ export interface ExpiryPolicy {
   readonly touchIntervalMs: number;
 }
 
-interface SessionRow {
+export interface SessionRow {
   id: string;
   tenant_id: string;
   token_hash: Buffer;
@@ -57,6 +84,13 @@ interface SessionRow {
   idle_expires_at: Date;
   absolute_expires_at: Date;
   touch_due: boolean;
+}
+
+/** A row as {@link SessionStore.loadPresented} reads it: with why it ended, if it did. */
+export interface PresentedSessionRow extends SessionRow {
+  ended: 'revoked' | 'expired' | null;
+  revoked_reason: string | null;
+  ended_at: Date;
 }
 
 const interval = (ms: number) => sql<string>`make_interval(secs => ${ms / 1000})`;
@@ -97,6 +131,25 @@ function toRecord(row: SessionRow): SessionRecord {
 }
 
 /**
+ * A presented token's row as the request sees it: live, or ended with its cause. Pure,
+ * so the unit tests check that an ended row never comes out as a live record.
+ */
+export function toPresentedRow(row: PresentedSessionRow): PresentedRow {
+  if (row.ended === null) return { live: toRecord(row) };
+  return {
+    ended: {
+      reason: row.ended,
+      ...(row.ended === 'revoked' && row.revoked_reason !== null
+        ? { revokedReason: row.revoked_reason }
+        : {}),
+      endedAt: row.ended_at,
+      id: row.id,
+    },
+    data: row.data,
+  };
+}
+
+/**
  * The session queries. Each is one statement, built with Kysely and run by a
  * {@link StatementRunner} that has already scoped it to a tenant (row-level security).
  */
@@ -108,32 +161,68 @@ export class SessionStore {
     runner: StatementRunner,
     tenantId: string,
     tokenHash: Buffer,
-    options: { forUpdate?: boolean; minVersion?: number; includeExpired?: boolean } = {},
+    options: { forUpdate?: boolean; minVersion?: number } = {},
   ): Promise<SessionRecord | undefined> {
-    // includeExpired: an expired (never a revoked) row comes back marked, so that
-    // session:expired can be told from session:missed in the same statement.
+    const row = await this.#loadRow(runner, tenantId, tokenHash, {
+      ...options,
+      includeEnded: false,
+    });
+    return row ? toRecord(row) : undefined;
+  }
+
+  /**
+   * What the token a request presented finds, in the same one statement as
+   * {@link load}: the live row, or the revoked or expired row with why it ended (so
+   * the app can tell the user why they were signed out), or undefined.
+   */
+  async loadPresented(
+    runner: StatementRunner,
+    tenantId: string,
+    tokenHash: Buffer,
+    options: { forUpdate?: boolean; minVersion?: number } = {},
+  ): Promise<PresentedRow> {
+    const row = await this.#loadRow(runner, tenantId, tokenHash, {
+      ...options,
+      includeEnded: true,
+    });
+    return row ? toPresentedRow(row) : undefined;
+  }
+
+  async #loadRow(
+    runner: StatementRunner,
+    tenantId: string,
+    tokenHash: Buffer,
+    options: { forUpdate?: boolean; minVersion?: number; includeEnded: boolean },
+  ): Promise<PresentedSessionRow | undefined> {
     let query = db
       .selectFrom('sessions.session')
       .select([
         ...returningRecord(this.expiry.touchIntervalMs),
-        sql<boolean>`expires_at <= now()`.as('expired'),
+        // Revoked first: a revocation only ever ends a live row, so it is the cause.
+        sql<'revoked' | 'expired' | null>`CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+          WHEN expires_at <= now() THEN 'expired' END`.as('ended'),
+        'revoked_reason',
+        sql<Date>`coalesce(revoked_at, expires_at)`.as('ended_at'),
       ])
       .where('tenant_id', '=', tenantId)
-      .where('token_hash', '=', tokenHash)
-      .where(options.includeExpired ? sql<boolean>`revoked_at IS NULL` : live);
+      .where('token_hash', '=', tokenHash);
+    if (!options.includeEnded) query = query.where(live);
     if (options.forUpdate) query = query.forUpdate();
     const { rows, fromReplica } = await runner.read(query);
-    let row = rows[0] as SessionRow | undefined;
+    let row = rows[0] as PresentedSessionRow | undefined;
     // A replica may not have replayed this session's creation or the client's own
-    // last write yet: then the primary answers (read-your-writes).
-    if (fromReplica && (!row || Number(row.version) < (options.minVersion ?? 0))) {
+    // last write yet: then the primary answers (read-your-writes). Nor, perhaps, a
+    // touch that slid the expiry (touches keep the version): only the primary may
+    // call a row expired. A revocation is final wherever it is seen.
+    if (
+      fromReplica &&
+      (!row || Number(row.version) < (options.minVersion ?? 0) || row.ended === 'expired')
+    ) {
       row = (await runner.readPrimary(query, { staleReplica: true })).rows[0] as
-        | SessionRow
+        | PresentedSessionRow
         | undefined;
     }
-    if (!row) return undefined;
-    const record = toRecord(row);
-    return (row as { expired?: boolean }).expired ? { ...record, expired: true } : record;
+    return row;
   }
 
   /** The session by public id on the primary, live or not (the failover retry checks it). */

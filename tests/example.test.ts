@@ -19,7 +19,7 @@ let close: () => Promise<void>;
 
 test.before(async () => {
   ({ db, admin } = await setupDatabase());
-  const { app, middleware } = createDemoApp({ database: db.appUrl, touchInterval: 0 });
+  const { app, middleware } = createDemoApp({ database: db.appUrl, touchInterval: 0, gc: false });
   const server = app.listen(0, '127.0.0.1');
   await new Promise((resolve) => server.once('listening', resolve));
   baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -55,41 +55,60 @@ async function formPost(browser: Browser, path: string, fields: Record<string, s
   return response.status;
 }
 
+const signedInAs = (user: string) => new RegExp(`Signed in as <b class="user">${user}</b>`);
+
+/** The devices page's sessions, and which one is this device. */
+function devicesOf(page: string): { ids: string[]; current: string | undefined } {
+  const items = [
+    ...page.matchAll(/<li class="device" data-session="([0-9a-f-]{36})">([\s\S]*?)<\/li>/g),
+  ];
+  return {
+    ids: items.map((item) => item[1]!),
+    current: items.find((item) => item[2]!.includes('This device'))?.[1],
+  };
+}
+
 test.serial('the demo: log in, count, fill a cart, see and revoke devices, log out', async (t) => {
   const laptop = new Browser(baseUrl);
   const phone = new Browser(baseUrl);
+  t.is(await formPost(laptop, '/counter'), 302);
+  t.is(await formPost(laptop, '/cart', { item: 'tea' }), 302);
   t.is(await formPost(laptop, '/login', { user: 'ada' }), 302);
   t.is(await formPost(phone, '/login', { user: 'ada' }), 302);
   t.is(await formPost(laptop, '/counter'), 302);
-  t.is(await formPost(laptop, '/counter'), 302);
-  t.is(await formPost(laptop, '/cart', { item: 'tea' }), 302);
   const home = (await laptop.get('/')).body as string;
-  t.regex(home, /Signed in as <b>ada<\/b>/);
-  t.regex(home, /Count: 2/);
-  t.regex(home, /<li>tea<\/li>/);
+  t.regex(home, signedInAs('ada'));
+  t.regex(home, /<span class="count"[^>]*>2<\/span>/, 'the count survives the login');
+  t.regex(home, /<li>tea<\/li>/, 'so does the cart');
 
-  const devices = (await laptop.get('/devices')).body as string;
-  const ids = [...devices.matchAll(/\/devices\/([0-9a-f-]{36})\/revoke/g)].map((match) => match[1]);
-  t.is(ids.length, 2);
-  const phoneId = ids.find((id) => !devices.includes(`${id} (this one)`))!;
+  const devices = devicesOf((await laptop.get('/devices')).body as string);
+  t.is(devices.ids.length, 2);
+  const phoneId = devices.ids.find((id) => id !== devices.current)!;
   t.is(await formPost(laptop, `/devices/${phoneId}/revoke`), 302);
+  const revoked = (await phone.get('/')).body as string;
+  t.regex(revoked, /Not signed in/, 'the revoked phone is logged out');
   t.regex(
-    (await phone.get('/')).body as string,
-    /Not signed in/,
-    'the revoked phone is logged out',
+    revoked,
+    /This device was signed out <time[^>]*>just now<\/time> from another of your devices/,
   );
-  t.regex((await laptop.get('/')).body as string, /Signed in as <b>ada<\/b>/);
+  t.regex((await phone.get('/')).body as string, /Not signed in/);
+  t.notRegex((await phone.get('/')).body as string, /signed out/, 'the notice is shown once');
+  t.regex((await laptop.get('/')).body as string, signedInAs('ada'));
 
   t.is(await formPost(laptop, '/logout'), 302);
-  t.regex((await laptop.get('/')).body as string, /Not signed in/);
+  const loggedOut = (await laptop.get('/')).body as string;
+  t.regex(loggedOut, /Not signed in/);
+  t.regex(loggedOut, /You signed out\./);
 });
 
 test.serial('the demo keeps at most five sessions per user, revoking the oldest', async (t) => {
   const browsers = Array.from({ length: 6 }, () => new Browser(baseUrl));
   for (const browser of browsers) t.is(await formPost(browser, '/login', { user: 'grace' }), 302);
-  t.regex((await browsers[0]!.get('/')).body as string, /Not signed in/, 'the oldest was revoked');
+  const oldest = (await browsers[0]!.get('/')).body as string;
+  t.regex(oldest, /Not signed in/, 'the oldest was revoked');
+  t.regex(oldest, /because you signed in on more than 5 devices/);
   for (const browser of browsers.slice(1)) {
-    t.regex((await browser.get('/')).body as string, /Signed in as <b>grace<\/b>/);
+    t.regex((await browser.get('/')).body as string, signedInAs('grace'));
   }
   const rows = (await sessionRows(admin)).filter((row) => row.user_id === 'grace');
   t.is(rows.filter((row) => row.revoked_at === null).length, 5);
@@ -100,9 +119,48 @@ test.serial('"log out everywhere else" ends every other session of the user', as
   const browsers = Array.from({ length: 3 }, () => new Browser(baseUrl));
   for (const browser of browsers) await formPost(browser, '/login', { user: 'linus' });
   t.is(await formPost(browsers[0]!, '/devices/revoke-others'), 302);
-  t.regex((await browsers[0]!.get('/')).body as string, /Signed in as <b>linus<\/b>/);
+  const devices = (await browsers[0]!.get('/devices')).body as string;
+  t.regex(devices, /Signed out 2 other devices\./);
+  t.is(devicesOf(devices).ids.length, 1);
+  t.notRegex(devices, /Log out everywhere else/, 'no button when no other device is left');
   t.regex((await browsers[1]!.get('/')).body as string, /Not signed in/);
-  t.regex((await browsers[2]!.get('/')).body as string, /Not signed in/);
+  t.regex((await browsers[2]!.get('/')).body as string, /chose “Log out everywhere else”/);
+});
+
+test.serial('signed out, the devices page lists nothing and offers the sign-in form', async (t) => {
+  const page = (await new Browser(baseUrl).get('/devices')).body as string;
+  t.regex(page, /Sign in to see the devices/);
+  t.regex(page, /<label for="user">User name<\/label>/);
+  t.notRegex(page, /class="device"|Log out everywhere else/);
+});
+
+test.serial('errors are pages with their real status and a sentence', async (t) => {
+  const visitor = new Browser(baseUrl);
+  const empty = await fetch(`${baseUrl}/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: 'user=%20%20',
+  });
+  t.is(empty.status, 400);
+  t.regex(await empty.text(), /Enter a user name to sign in\./);
+  for (const path of ['/login', '/logout']) {
+    const response = await fetch(`${baseUrl}${path}`);
+    t.is(response.status, 405, path);
+    t.is(response.headers.get('allow'), 'POST');
+    t.regex(await response.text(), /only takes the form&#39;s POST/);
+  }
+  const missing = await visitor.get('/no/such/page');
+  t.is(missing.status, 404);
+  t.regex(missing.body as string, /There is no page at \/no\/such\/page\./);
+  const favicon = await fetch(`${baseUrl}/favicon.ico`);
+  t.is(favicon.status, 200);
+  t.is(favicon.headers.get('content-type'), 'image/svg+xml');
+  const escaped = new Browser(baseUrl);
+  await formPost(escaped, '/cart', { item: '<script>alert(1)</script>' });
+  t.regex(
+    (await escaped.get('/')).body as string,
+    /<li>&#60;script&#62;alert\(1\)&#60;\/script&#62;<\/li>/,
+  );
 });
 
 // `npm start` as real processes on one state folder of this file's own (DEMO_DATA_DIR),

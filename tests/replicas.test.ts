@@ -311,6 +311,41 @@ test.serial(
 );
 
 test.serial(
+  'a session a lagging replica still has as expired, but the primary has extended, is served from the primary',
+  async (t) => {
+    const topology = { primary: appUrls[0]!, replicas: [appUrls[2]!], maxReplicaLagMs: 60_000 };
+    const { app, router } = await appOn(topology, { cache: false });
+    const delayed = replica(1);
+    const user = new Browser(app.url);
+    await user.post('/set?role=extended');
+    const { id } = (await user.get('/get')).body as SessionBody;
+    await query(
+      cluster.primary,
+      `UPDATE sessions.session SET idle_expires_at = now() - interval '1 minute' WHERE id = $1`,
+      [id],
+    );
+    await cluster.waitForReplay(delayed);
+    await cluster.setApplyDelay(delayed, 5_000);
+    try {
+      await pollUntil('the delayed replica in rotation', 5_000, () => inRotation(router, delayed));
+      // A sliding expiry moved on the primary keeps the version: no fence can tell.
+      await query(
+        cluster.primary,
+        `UPDATE sessions.session SET idle_expires_at = now() + interval '1 hour' WHERE id = $1`,
+        [id],
+      );
+      const stale = router.counters.staleReplicaReads;
+      const after = (await user.get('/get')).body as SessionBody;
+      t.deepEqual(after, { id, version: after.version, data: { role: 'extended' } });
+      t.is(router.counters.staleReplicaReads, stale + 1, 'the primary had the last word');
+    } finally {
+      await cluster.setApplyDelay(delayed, 0);
+    }
+    await closeApp(app);
+  },
+);
+
+test.serial(
   'a replica stopped under load leaves rotation without a failed request and rejoins when started',
   async (t) => {
     const { app, router } = await appOn({ hosts: appUrls }, { cache: false });
