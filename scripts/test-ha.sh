@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# npm run test:ha — the Patroni and PgBouncer suites (tests/ha/). They start and stop
+# every server they need, from Debian's packages; without them, one line says what to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in patroni patronictl etcd pgbouncer; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ -z "${PG_BIN_DIR:-}" ] && ! ls /usr/lib/postgresql/*/bin/pg_rewind >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "npm run test:ha needs ${missing[*]}: apt-get install patroni etcd-server pgbouncer" >&2
+  exit 1
+fi
+exec npx ava --config ava.ha.config.js "$@"
