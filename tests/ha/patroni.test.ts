@@ -162,6 +162,67 @@ async function waitUntilInRotation(app: RouterApp, node: PatroniNode, timeoutMs:
 }
 
 test.serial(
+  'three app processes on one primary and two replicas: loads go to the replicas, every client reads its own writes',
+  async (t) => {
+    // Each app has its own router, pool and (here off) cache: uncached loads are what the
+    // replicas are for. One client in ten requests writes, and its next read must see it.
+    const routed = await Promise.all([appOn(false), appOn(false), appOn(false)]);
+    const leader = (await cluster.leader())!;
+    for (const node of cluster.nodes) {
+      if (node !== leader) await waitUntilInRotation(routed[0]!, node, 30_000);
+    }
+    const clients = await Promise.all(
+      Array.from({ length: 30 }, async (_, k) => {
+        const browser = new Browser(routed[k % 3]!.app.url);
+        await browser.post('/set?n=0');
+        return { browser, written: 0, k };
+      }),
+    );
+    const before = routed.map(({ router }) => ({ ...router.counters }));
+    const failures: string[] = [];
+    let requests = 0;
+    let running = true;
+    const startedAt = Date.now();
+    const load = Promise.all(
+      clients.map(async (client) => {
+        for (let i = 1; running; i++) {
+          // Each request through the next process: the fence cookie travels with the client.
+          const browser = via(client.browser, routed[(client.k + i) % 3]!.app);
+          const write = i % 10 === 0;
+          const response = write ? await browser.post(`/set?n=${i}`) : await browser.get('/get');
+          for (const [name, value] of browser.cookies) client.browser.cookies.set(name, value);
+          requests++;
+          if (response.status !== 200) {
+            failures.push(`${response.status}`);
+            continue;
+          }
+          if (write) client.written = i;
+          else if ((response.body as SessionBody).data?.n !== String(client.written)) {
+            failures.push(`read ${(response.body as SessionBody).data?.n} after ${client.written}`);
+          }
+        }
+      }),
+    );
+    await sleep(5_000);
+    running = false;
+    await load;
+    const seconds = (Date.now() - startedAt) / 1_000;
+    const sum = (key: 'replicaReads' | 'primaryReads' | 'staleReplicaReads') =>
+      routed.reduce((total, { router }, i) => total + router.counters[key] - before[i]![key], 0);
+    const loads = sum('replicaReads') - sum('staleReplicaReads') + sum('primaryReads');
+    const onReplicas = sum('replicaReads') - sum('staleReplicaReads');
+    t.log(
+      `${requests} requests in ${seconds.toFixed(1)} s (${Math.round(requests / seconds)}/s) through 3 app processes; ` +
+        `${loads} loads, ${Math.round((100 * onReplicas) / loads)} % answered by the replicas ` +
+        `(${sum('staleReplicaReads')} replica copies older than the client's fence, read again on the primary)`,
+    );
+    t.deepEqual(failures, []);
+    t.true(onReplicas / loads > 0.5, 'most loads are answered by the replicas');
+    await closeAll();
+  },
+);
+
+test.serial(
   "the leader's node killed under write load: a new leader, no acknowledged write lost, writes resume within ttl + 5 s, revocations made meanwhile hold, and the old leader rejoins (pg_rewind where it diverged)",
   async (t) => {
     const a = await appOn();
