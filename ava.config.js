@@ -1,7 +1,8 @@
 // Each test file runs in its own child process (not a worker thread) so that the
 // PostgreSQL harness can reap its server when the process ends, however it ends.
 export default {
-  files: ['tests/**/*.test.ts'],
+  // tests/ha/ needs Debian's Patroni, etcd and PgBouncer: npm run test:ha (ava.ha.config.js).
+  files: ['tests/**/*.test.ts', '!tests/ha/**'],
   extensions: { ts: 'module' },
   nodeArguments: ['--import=tsx'],
   workerThreads: false,

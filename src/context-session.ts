@@ -277,8 +277,9 @@ export class ContextSession {
   // --- load -------------------------------------------------------------------
 
   /**
-   * Loads the presented token's session: from the cache when it is trusted and the
-   * request is not locking, else with one statement (which then fills the cache).
+   * Loads the presented token's session: from the cache when it is trusted, the request
+   * is not locking and the cached version is at least the client's fence (the version it
+   * last wrote, through any process), else with one statement (which then fills the cache).
    */
   async load(forUpdate = false): Promise<void> {
     const token = this.presented.token;
@@ -286,12 +287,19 @@ export class ContextSession {
     const tokenHash = hashToken(token);
     const { cache, metrics, options } = this.engine;
     const cacheUsable = cache !== undefined && !forUpdate && !this.#inTransaction;
+    // The version this client last wrote (through any app process): a copy older than
+    // that, a replica's or this process's cache, would undo its own write.
+    const fenceVersion =
+      this.engine.hasReplicas && this.presented.via === 'cookie'
+        ? readVersionFence(this.ctx, options.cookie)
+        : 0;
     if (cacheUsable && this.engine.cacheTrusted) {
       const cached = cache.get(this.tenantId, tokenHash);
       // The key already is the hash; comparing the stored hash too costs nothing and
       // keeps a cache-key mistake from ever handing out another session.
       if (
         cached &&
+        cached.version >= fenceVersion &&
         hashesEqual(cached.tokenHash, tokenHash) &&
         Math.min(cached.idleExpiresAt.getTime(), cached.absoluteExpiresAt.getTime()) -
           CACHE_EXPIRY_MARGIN_MS >
@@ -311,10 +319,6 @@ export class ContextSession {
     const epoch = cache?.epoch ?? 0;
     const startedAt = performance.now();
     metrics.increment('loads');
-    const fenceVersion =
-      this.engine.hasReplicas && this.presented.via === 'cookie'
-        ? readVersionFence(this.ctx, options.cookie)
-        : 0;
     // A version announced by a notification is newer than any lagging replica's copy.
     const minVersion = Math.max(
       fenceVersion,

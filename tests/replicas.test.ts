@@ -265,6 +265,63 @@ test.serial(
 );
 
 test.serial(
+  'with the cache on in two processes, a client reads its own write through the other one even while its notification is held back',
+  async (t) => {
+    // Each process has its own router, cache and LISTEN connection. B's listener backend
+    // is stopped (SIGSTOP) while the client writes through A: B hears nothing, so only
+    // the version fence can tell B that its cached row is older than the client's write.
+    const a = await appOn({ hosts: appUrls });
+    const b = await appOn({ hosts: appUrls });
+    const client = new Browser(a.app.url);
+    t.is((await client.post('/set?step=0')).status, 200);
+    const onB = via(client, b.app);
+    const cacheHits = () => b.app.middleware.metrics.snapshot().cacheHits;
+    // B caches version 1: the second read is a cache hit.
+    t.is(((await onB.get('/get')).body as SessionBody).data?.step, '0');
+    const hitsBefore = cacheHits();
+    t.is(((await onB.get('/get')).body as SessionBody).data?.step, '0');
+    t.is(cacheHits(), hitsBefore + 1, 'B serves version 1 from its cache');
+
+    const listener = b.app.middleware.listenerPid;
+    t.truthy(listener);
+    for (let step = 1; step <= 3; step++) {
+      process.kill(listener!, 'SIGSTOP');
+      const heard = new Promise((resolve) =>
+        b.app.middleware.events.once('cache:notification', resolve),
+      );
+      try {
+        const written = await client.post(`/set?step=${step}`);
+        t.is(written.status, 200);
+        const version = (written.body as SessionBody).version! + 1;
+        const moved = via(client, b.app);
+        const readBack = await moved.get('/get');
+        t.is((readBack.body as SessionBody).data?.step, String(step), 'reads its own write');
+        t.is((readBack.body as SessionBody).version, version);
+        // The fresh row is cached now: the next read costs no round trip.
+        const hits = cacheHits();
+        const roundTrips = b.app.middleware.metrics.snapshot().roundTrips;
+        t.is(((await moved.get('/get')).body as SessionBody).version, version);
+        t.is(cacheHits(), hits + 1, 'the fenced row is served from the cache once it is there');
+        t.is(
+          b.app.middleware.metrics.snapshot().roundTrips,
+          roundTrips,
+          'a cache hit: 0 round trips',
+        );
+      } finally {
+        process.kill(listener!, 'SIGCONT');
+      }
+      await heard;
+    }
+    // Without holding anything back: every write read back through B at once.
+    for (let step = 4; step <= 20; step++) {
+      t.is((await client.post(`/set?step=${step}`)).status, 200);
+      t.is(((await via(client, b.app).get('/get')).body as SessionBody).data?.step, String(step));
+    }
+    await Promise.all([closeApp(a.app), closeApp(b.app)]);
+  },
+);
+
+test.serial(
   'a session revoked on the primary is not served by a lagging replica to a process that heard the notification',
   async (t) => {
     const topology = { primary: appUrls[0]!, replicas: [appUrls[2]!], maxReplicaLagMs: 60_000 };

@@ -40,6 +40,13 @@ export interface HostState {
   readonly lsn: string | undefined;
   /** Replication lag estimate in ms (0 when caught up). */
   readonly lagMs: number | undefined;
+  /** The server's timeline (a replica's is known only to a role with pg_read_all_stats). */
+  readonly timeline: number | undefined;
+  /**
+   * A replica that follows the current primary: it has a WAL receiver, is on the
+   * primary's timeline (when visible), and its replay keeps up with the primary's WAL.
+   */
+  readonly following: boolean;
   /** In the read rotation now. */
   readonly inRotation: boolean;
 }
@@ -51,6 +58,16 @@ interface Host {
   role: HostState['role'];
   lsn: bigint | undefined;
   lagMs: number | undefined;
+  timeline: number | undefined;
+  /** A WAL receiver runs (and streams, where its status is visible). */
+  receiving: boolean;
+  following: boolean;
+}
+
+/** The primary's WAL position at one health check: a replica's progress is measured against these. */
+interface PositionSample {
+  readonly at: number;
+  readonly lsn: bigint;
 }
 
 /**
@@ -91,6 +108,8 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
   readonly #hosts: Host[];
   readonly #options: Required<Omit<ReplicaRouterOptions, 'primary' | 'replicas' | 'hosts'>>;
   #primary: Host | undefined;
+  /** The current primary's positions over the last few checks, oldest first. */
+  #positions: PositionSample[] = [];
   #next = 0;
   #timer: NodeJS.Timeout | undefined;
   #failingOver: Promise<boolean> | undefined;
@@ -132,7 +151,17 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
     const pool = createPool(full);
     pool.on('error', () => {});
     const name = describe(base, index);
-    return { name, config: full, pool, role: 'unknown', lsn: undefined, lagMs: undefined };
+    return {
+      name,
+      config: full,
+      pool,
+      role: 'unknown',
+      lsn: undefined,
+      lagMs: undefined,
+      timeline: undefined,
+      receiving: false,
+      following: false,
+    };
   }
 
   /** Resolves once every host was checked once (the primary is known if reachable). */
@@ -151,9 +180,7 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
     const wanted = fence ? parseLsn(fence) : undefined;
     const candidates = this.#hosts.filter(
       (host) =>
-        host.role === 'replica' &&
-        host.lagMs !== undefined &&
-        host.lagMs <= this.#options.maxReplicaLagMs &&
+        this.#inRotation(host) &&
         (wanted === undefined || (host.lsn !== undefined && host.lsn >= wanted)),
     );
     if (candidates.length === 0) {
@@ -199,11 +226,24 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
       role: host.role,
       lsn: host.lsn === undefined ? undefined : formatLsn(host.lsn),
       lagMs: host.lagMs,
-      inRotation:
-        host.role === 'replica' &&
-        host.lagMs !== undefined &&
-        host.lagMs <= this.#options.maxReplicaLagMs,
+      timeline: host.timeline,
+      following: host.role === 'replica' && host.following,
+      inRotation: this.#inRotation(host),
     }));
+  }
+
+  /**
+   * A replica serves reads only while it follows the current primary, whatever its own
+   * lag estimate says: one left behind by a failover has nothing more to replay and
+   * reports itself caught up, while it misses every change since (revocations too).
+   */
+  #inRotation(host: Host): boolean {
+    return (
+      host.role === 'replica' &&
+      host.following &&
+      host.lagMs !== undefined &&
+      host.lagMs <= this.#options.maxReplicaLagMs
+    );
   }
 
   /**
@@ -246,38 +286,87 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
     }
   }
 
-  /** One health check of every host: role, WAL position, lag. */
+  /** One health check of every host: role, timeline, WAL position, lag, whom it follows. */
   async checkAll(): Promise<void> {
-    await Promise.all(this.#hosts.map((host) => this.#check(host)));
+    const checkedAt = Date.now();
+    // Every host is updated at once, after all answered: a read never sees half a check.
+    const results = await Promise.all(this.#hosts.map((host) => this.#check(host)));
+    for (const apply of results) apply();
     const primaries = this.#hosts.filter((host) => host.role === 'primary');
-    // Two servers claiming to be primary (an old one not yet fenced): keep the newest timeline's.
-    const chosen =
-      primaries.length <= 1
-        ? primaries[0]
-        : primaries.sort((a, b) => Number((b.lsn ?? 0n) - (a.lsn ?? 0n)))[0];
+    // Two servers claiming to be primary (an old one not yet fenced): keep the newest
+    // timeline's, then the one furthest ahead.
+    const chosen = primaries.sort(
+      (a, b) => (b.timeline ?? 0) - (a.timeline ?? 0) || Number((b.lsn ?? 0n) - (a.lsn ?? 0n)),
+    )[0];
     if (chosen && chosen !== this.#primary) {
       const previous = this.#primary?.name;
       this.#primary = chosen;
+      this.#positions = [];
       trace('primary is now %s (was %s)', chosen.name, previous);
       this.emit('primary:changed', chosen.name, previous);
     }
-    const primaryLsn = this.#primary?.lsn;
+    const primary = this.#primary;
+    if (primary?.role === 'primary' && primary.lsn !== undefined) {
+      this.#recordPosition({ at: checkedAt, lsn: primary.lsn });
+    }
     for (const host of this.#hosts) {
-      if (host.role !== 'replica') continue;
-      if (primaryLsn !== undefined && host.lsn !== undefined && host.lsn >= primaryLsn)
-        host.lagMs = 0;
+      if (host.role === 'replica') this.#judgeReplica(host, primary, checkedAt);
     }
   }
 
-  async #check(host: Host): Promise<void> {
+  #recordPosition(sample: PositionSample): void {
+    const last = this.#positions.at(-1);
+    // A position seen before keeps its first time: that is when the primary reached it.
+    if (last && last.lsn >= sample.lsn) return;
+    this.#positions.push(sample);
+    const horizon = sample.at - Math.max(10_000, 4 * this.#options.maxReplicaLagMs);
+    while (this.#positions.length > 2 && this.#positions[0]!.at < horizon) this.#positions.shift();
+  }
+
+  /**
+   * Whether a replica follows the current primary, and its lag measured against the
+   * primary's own positions: the time since the primary was where the replica has
+   * replayed to. A replica whose replay stands still while the primary moves falls
+   * behind by that measure, however caught up it believes itself.
+   */
+  #judgeReplica(host: Host, primary: Host | undefined, checkedAt: number): void {
+    const sameTimeline =
+      primary?.timeline === undefined ||
+      host.timeline === undefined ||
+      host.timeline === primary.timeline;
+    // Never yet seen where the current primary was: left behind at a failover (or not
+    // streaming from it yet). A receiver that only keeps retrying must not count.
+    const reached =
+      host.lsn === undefined
+        ? undefined
+        : this.#positions.findLast((sample) => sample.lsn <= host.lsn!);
+    host.following =
+      host.receiving && sameTimeline && primary?.role === 'primary' && reached !== undefined;
+    if (!host.following || reached === undefined) return;
+    const latest = this.#positions.at(-1)!;
+    const positionLag = host.lsn! >= latest.lsn ? 0 : checkedAt - reached.at;
+    host.lagMs = Math.max(host.lagMs ?? 0, positionLag);
+  }
+
+  /** Asks one host; returns how to update it (applied with every other host's answer). */
+  async #check(host: Host): Promise<() => void> {
     try {
       const { rows } = await host.pool.query<{
         standby: boolean;
         lsn: string | null;
+        timeline: number | null;
+        receiving: boolean;
         lag_ms: number | null;
       }>(
+        // pg_stat_wal_receiver shows a role without pg_read_all_stats the receiver's pid
+        // only: then its status and timeline are NULL, and progress alone must tell.
         `SELECT pg_is_in_recovery() AS standby,
                 CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text AS lsn,
+                CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
+                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                END AS timeline,
+                coalesce((SELECT pid IS NOT NULL AND coalesce(status = 'streaming', true)
+                            FROM pg_stat_wal_receiver), false) AS receiving,
                 CASE WHEN NOT pg_is_in_recovery() THEN NULL
                      -- Everything received is replayed: caught up, however long ago the
                      -- last transaction was (an idle primary still writes some WAL).
@@ -287,13 +376,21 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
                 END AS lag_ms`,
       );
       const row = rows[0];
-      if (!row) return;
-      host.role = row.standby ? 'replica' : 'primary';
-      host.lsn = row.lsn ? parseLsn(row.lsn) : undefined;
-      host.lagMs = row.standby ? (row.lag_ms ?? 0) : 0;
+      if (!row) return () => {};
+      return () => {
+        host.role = row.standby ? 'replica' : 'primary';
+        host.lsn = row.lsn ? parseLsn(row.lsn) : undefined;
+        host.timeline = row.timeline ?? undefined;
+        host.receiving = row.standby && row.receiving;
+        host.lagMs = row.standby ? (row.lag_ms ?? 0) : 0;
+      };
     } catch {
-      host.role = 'down';
-      host.lagMs = undefined;
+      return () => {
+        host.role = 'down';
+        host.lagMs = undefined;
+        host.receiving = false;
+        host.following = false;
+      };
     }
   }
 
