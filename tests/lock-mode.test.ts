@@ -21,31 +21,37 @@ test.after.always(async () => {
 });
 
 async function lockApp(options: Partial<SessionOptions> = {}): Promise<TestApp> {
-  const app = await startApp({ database: db.appUrl, mode: 'lock', gc: false, ...options }, (router) => {
-    router.post('/init', (ctx) => {
-      ctx.session!.holds = 0;
-      ctx.body = 'ok';
-    });
-    // Holds the session's row lock for ?ms.
-    router.post('/hold', async (ctx) => {
-      ctx.session!.holds = Number(ctx.session!.holds ?? 0) + 1;
-      await new Promise((resolve) => setTimeout(resolve, Number(ctx.query.ms)));
-      ctx.body = 'held';
-    });
-    router.get('/read', async (ctx) => {
-      const { rows } = await ctx.db!.executeQuery<{ statement_timeout: string }>({
-        sql: "SELECT current_setting('statement_timeout') AS statement_timeout",
-        parameters: [],
-        query: { kind: 'RawNode' } as never,
-        queryId: { queryId: 'statement-timeout' },
+  const app = await startApp(
+    { database: db.appUrl, mode: 'lock', gc: false, ...options },
+    (router) => {
+      router.post('/init', (ctx) => {
+        ctx.session!.holds = 0;
+        ctx.body = 'ok';
       });
-      ctx.body = { holds: ctx.session!.holds ?? null, statementTimeout: rows[0]?.statement_timeout };
-    });
-    router.post('/write', (ctx) => {
-      ctx.session!.written = true;
-      ctx.body = 'ok';
-    });
-  });
+      // Holds the session's row lock for ?ms.
+      router.post('/hold', async (ctx) => {
+        ctx.session!.holds = Number(ctx.session!.holds ?? 0) + 1;
+        await new Promise((resolve) => setTimeout(resolve, Number(ctx.query.ms)));
+        ctx.body = 'held';
+      });
+      router.get('/read', async (ctx) => {
+        const { rows } = await ctx.db!.executeQuery<{ statement_timeout: string }>({
+          sql: "SELECT current_setting('statement_timeout') AS statement_timeout",
+          parameters: [],
+          query: { kind: 'RawNode' } as never,
+          queryId: { queryId: 'statement-timeout' },
+        });
+        ctx.body = {
+          holds: ctx.session!.holds ?? null,
+          statementTimeout: rows[0]?.statement_timeout,
+        };
+      });
+      router.post('/write', (ctx) => {
+        ctx.session!.written = true;
+        ctx.body = 'ok';
+      });
+    },
+  );
   await app.middleware.start();
   return app;
 }

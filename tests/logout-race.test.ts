@@ -85,7 +85,11 @@ for (const [shape, query] of shapes) {
     const logout = await oldCookie.post(`/logout?x=1${query}`);
     t.is(logout.status, 200);
     t.false(await isLive(id), 'the session ended');
-    t.deepEqual((await browser.get('/me')).body, { id: null, data: {} }, 'the new token is dead too');
+    t.deepEqual(
+      (await browser.get('/me')).body,
+      { id: null, data: {} },
+      'the new token is dead too',
+    );
   });
 
   test(`${shape}: a rotation followed by a self-revocation with the old cookie ends the session`, async (t) => {
