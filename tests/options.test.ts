@@ -30,7 +30,10 @@ test('a wrong option fails at construction with a sentence naming the option', (
       { database: 'postgres://x/y', cache: { listenUrl: 'http://x/y' } },
       /option cache\.listenUrl: must be a postgres:\/\/ URL/,
     ],
-    [{ database: 'postgres://x/y', rotateInterval: 0 }, /option rotateInterval: must be a positive/],
+    [
+      { database: 'postgres://x/y', rotateInterval: 0 },
+      /option rotateInterval: must be a positive/,
+    ],
     [
       { database: 'postgres://x/y', rotateInterval: '15m' as never },
       /option rotateInterval: must be a positive/,
