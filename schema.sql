@@ -27,8 +27,10 @@ CREATE TABLE sessions.event (
     actor text NOT NULL,
     ip inet,
     user_agent text,
+    rotation_ip inet,
+    rotation_user_agent text,
     CONSTRAINT event_pkey PRIMARY KEY (tenant_id, id),
-    CONSTRAINT event_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text])))
+    CONSTRAINT event_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text, 'token_reused'::text])))
 );
 CREATE INDEX event_day_brin ON sessions.event USING brin ((((occurred_at AT TIME ZONE 'UTC'::text))::date));
 CREATE INDEX event_occurred_at_brin ON sessions.event USING brin (occurred_at);
@@ -42,6 +44,35 @@ CREATE POLICY admin_all ON sessions.event TO sessions_admin USING (true) WITH CH
 CREATE POLICY auditor_reads_all ON sessions.event FOR SELECT TO sessions_auditor USING (true);
 GRANT SELECT, INSERT, DELETE ON TABLE sessions.event TO sessions_admin;
 GRANT SELECT ON TABLE sessions.event TO sessions_auditor;
+
+CREATE TABLE sessions.previous_token (
+    tenant_id text NOT NULL,
+    token_hash bytea NOT NULL,
+    session_id uuid NOT NULL,
+    rotated_at timestamp with time zone DEFAULT now() NOT NULL,
+    grace_expires_at timestamp with time zone NOT NULL,
+    rotation_ip inet,
+    rotation_user_agent text,
+    reused_at timestamp with time zone,
+    reused_ip inet,
+    reused_user_agent text,
+    CONSTRAINT previous_token_pkey PRIMARY KEY (tenant_id, token_hash),
+    CONSTRAINT previous_token_session_fkey FOREIGN KEY (tenant_id, session_id) REFERENCES sessions.session(tenant_id, id) ON DELETE CASCADE,
+    CONSTRAINT previous_token_reused_user_agent_check CHECK ((length(reused_user_agent) <= 1024)),
+    CONSTRAINT previous_token_rotation_user_agent_check CHECK ((length(rotation_user_agent) <= 1024)),
+    CONSTRAINT previous_token_token_hash_check CHECK ((octet_length(token_hash) = 32))
+);
+CREATE INDEX previous_token_session_idx ON sessions.previous_token USING btree (tenant_id, session_id);
+ALTER TABLE sessions.previous_token ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sessions.previous_token FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_all ON sessions.previous_token TO sessions_admin USING (true) WITH CHECK (true);
+CREATE POLICY auditor_reads_all ON sessions.previous_token FOR SELECT TO sessions_auditor USING (true);
+CREATE POLICY tenant_isolation ON sessions.previous_token USING ((tenant_id = current_setting('sessions.tenant'::text, true))) WITH CHECK ((tenant_id = current_setting('sessions.tenant'::text, true)));
+GRANT SELECT, UPDATE, DELETE ON TABLE sessions.previous_token TO sessions_admin;
+GRANT SELECT ON TABLE sessions.previous_token TO sessions_app;
+GRANT INSERT (tenant_id, token_hash, session_id, grace_expires_at, rotation_ip, rotation_user_agent) ON TABLE sessions.previous_token TO sessions_app;
+GRANT UPDATE (reused_at, reused_ip, reused_user_agent) ON TABLE sessions.previous_token TO sessions_app;
+GRANT SELECT (tenant_id, session_id, rotated_at, grace_expires_at, rotation_ip, rotation_user_agent, reused_at, reused_ip, reused_user_agent) ON TABLE sessions.previous_token TO sessions_auditor;
 
 CREATE TABLE sessions.schema_migrations (
     version character varying(128) NOT NULL,
@@ -67,6 +98,7 @@ CREATE TABLE sessions.session (
     revoked_reason text,
     ip inet,
     user_agent text,
+    token_issued_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT session_pkey PRIMARY KEY (tenant_id, id),
     CONSTRAINT session_token_hash_key UNIQUE (tenant_id, token_hash),
     CONSTRAINT session_data_check CHECK ((jsonb_typeof(data) = 'object'::text)),
@@ -86,8 +118,8 @@ CREATE POLICY tenant_isolation ON sessions.session USING ((tenant_id = current_s
 GRANT SELECT, UPDATE, DELETE ON TABLE sessions.session TO sessions_admin;
 GRANT SELECT, DELETE ON TABLE sessions.session TO sessions_app;
 GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent) ON TABLE sessions.session TO sessions_app;
-GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason) ON TABLE sessions.session TO sessions_app;
-GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen_at, idle_expires_at, absolute_expires_at, expires_at, revoked_at, revoked_reason, ip, user_agent) ON TABLE sessions.session TO sessions_auditor;
+GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, token_issued_at) ON TABLE sessions.session TO sessions_app;
+GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen_at, idle_expires_at, absolute_expires_at, expires_at, revoked_at, revoked_reason, ip, user_agent, token_issued_at) ON TABLE sessions.session TO sessions_auditor;
 
 CREATE OR REPLACE FUNCTION sessions.altered_columns(old_row sessions.session, new_row sessions.session)
  RETURNS text[]
@@ -271,6 +303,27 @@ END
 $function$;
 ALTER FUNCTION sessions.log_insert() OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.log_insert() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION sessions.log_token_reuse()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, actor, ip, user_agent,
+                              rotation_ip, rotation_user_agent)
+  SELECT n.tenant_id, n.session_id, s.user_id, 'token_reused', sessions.current_actor(),
+         n.reused_ip, n.reused_user_agent, n.rotation_ip, n.rotation_user_agent
+    FROM new_rows n
+    JOIN old_rows o ON o.tenant_id = n.tenant_id AND o.token_hash = n.token_hash
+    LEFT JOIN sessions.session s ON s.tenant_id = n.tenant_id AND s.id = n.session_id
+   WHERE o.reused_at IS NULL AND n.reused_at IS NOT NULL;
+  RETURN NULL;
+END
+$function$;
+ALTER FUNCTION sessions.log_token_reuse() OWNER TO sessions_admin;
+REVOKE EXECUTE ON FUNCTION sessions.log_token_reuse() FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION sessions.log_update()
  RETURNS trigger
@@ -467,6 +520,7 @@ $function$;
 ALTER FUNCTION sessions.revoke_user(text,text,text) OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.revoke_user(text,text,text) FROM PUBLIC;
 
+CREATE TRIGGER previous_token_log_reuse AFTER UPDATE ON sessions.previous_token REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_token_reuse();
 CREATE TRIGGER session_bump_version BEFORE UPDATE ON sessions.session FOR EACH ROW EXECUTE FUNCTION sessions.bump_version();
 CREATE TRIGGER session_log_delete AFTER DELETE ON sessions.session REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_delete();
 CREATE TRIGGER session_log_insert AFTER INSERT ON sessions.session REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_insert();

@@ -68,7 +68,6 @@ export async function runWriteCeiling(
       const { record } = await store.saveDelta(runner, {
         tenantId: TENANT,
         id: session.id,
-        tokenHash: session.tokenHash,
         patch: { [`k${value % 4}`]: value },
         removed: [],
       });

@@ -10,6 +10,11 @@
 --   session_log_delete    AFTER DELETE, each statement log_delete()   'destroyed', 'expired',
 --                                                      'purged'; notify
 --
+-- and one on sessions.previous_token:
+--
+--   previous_token_log_reuse  AFTER UPDATE, each statement  log_token_reuse()  'token_reused'
+--                             (the session's revocation in the same statement notifies)
+--
 -- Every session write runs them, so they are written for speed: the statement-level
 -- ones read each transition table once, set-based (a GC batch or a bulk revocation
 -- costs one INSERT and a few NOTIFYs, not one per row), and spell out the rules of the
@@ -232,6 +237,25 @@ BEGIN
 END
 $$;
 
+-- A rotated-away token presented after its grace period: the middleware marks it
+-- (reused_*) and revokes the session in one statement; this logs both requests, the
+-- one that rotated the token away and the one that presented it, never the token.
+CREATE FUNCTION sessions.log_token_reuse() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, actor, ip, user_agent,
+                              rotation_ip, rotation_user_agent)
+  SELECT n.tenant_id, n.session_id, s.user_id, 'token_reused', sessions.current_actor(),
+         n.reused_ip, n.reused_user_agent, n.rotation_ip, n.rotation_user_agent
+    FROM new_rows n
+    JOIN old_rows o ON o.tenant_id = n.tenant_id AND o.token_hash = n.token_hash
+    LEFT JOIN sessions.session s ON s.tenant_id = n.tenant_id AND s.id = n.session_id
+   WHERE o.reused_at IS NULL AND n.reused_at IS NOT NULL;
+  RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER session_bump_version BEFORE UPDATE ON sessions.session
   FOR EACH ROW EXECUTE FUNCTION sessions.bump_version();
 CREATE TRIGGER session_log_insert AFTER INSERT ON sessions.session
@@ -240,6 +264,9 @@ CREATE TRIGGER session_log_update AFTER UPDATE ON sessions.session
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_update();
 CREATE TRIGGER session_log_delete AFTER DELETE ON sessions.session
   REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_delete();
+CREATE TRIGGER previous_token_log_reuse AFTER UPDATE ON sessions.previous_token
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+  EXECUTE FUNCTION sessions.log_token_reuse();
 
 -- New functions are executable by PUBLIC by default: not these.
 REVOKE EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session),
@@ -250,7 +277,8 @@ REVOKE EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.s
                            sessions.bump_version(),
                            sessions.log_insert(),
                            sessions.log_update(),
-                           sessions.log_delete()
+                           sessions.log_delete(),
+                           sessions.log_token_reuse()
   FROM PUBLIC;
 
 -- The log writers run as sessions_admin, which alone may write events. A non-superuser
@@ -260,6 +288,7 @@ GRANT CREATE ON SCHEMA sessions TO sessions_admin;
 ALTER FUNCTION sessions.log_insert() OWNER TO sessions_admin;
 ALTER FUNCTION sessions.log_update() OWNER TO sessions_admin;
 ALTER FUNCTION sessions.log_delete() OWNER TO sessions_admin;
+ALTER FUNCTION sessions.log_token_reuse() OWNER TO sessions_admin;
 REVOKE CREATE ON SCHEMA sessions FROM sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session) TO sessions_app;
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session),
@@ -270,10 +299,12 @@ GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.se
   TO sessions_admin;
 
 -- migrate:down
+DROP TRIGGER previous_token_log_reuse ON sessions.previous_token;
 DROP TRIGGER session_log_delete ON sessions.session;
 DROP TRIGGER session_log_update ON sessions.session;
 DROP TRIGGER session_log_insert ON sessions.session;
 DROP TRIGGER session_bump_version ON sessions.session;
+DROP FUNCTION sessions.log_token_reuse();
 DROP FUNCTION sessions.log_delete();
 DROP FUNCTION sessions.log_update();
 DROP FUNCTION sessions.log_insert();

@@ -6,7 +6,8 @@
 -- Garbage collection: deletes at most batch_size expired or revoked rows, skipping
 -- rows that requests hold locked, so it never waits on traffic and two collectors
 -- never take the same row. Call until it returns less than batch_size, each call in
--- its own transaction. The delete trigger logs 'expired' or 'purged' with reason 'gc'.
+-- its own transaction. The delete trigger logs 'expired' or 'purged' with reason 'gc';
+-- the session's previous tokens go with it (ON DELETE CASCADE).
 CREATE FUNCTION sessions.gc_batch(batch_size integer DEFAULT 500)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

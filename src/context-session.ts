@@ -33,7 +33,7 @@ import {
   sessionMaxAge,
   snapshotData,
 } from './session.js';
-import type { DeviceSession, SessionEnd, SessionRecord } from './store.js';
+import type { DeviceSession, RequestOrigin, SessionEnd, SessionRecord } from './store.js';
 import { generateToken, hashesEqual, hashToken } from './token.js';
 
 /** Safety margin against clock skew between Node and the database for cached rows. */
@@ -76,6 +76,16 @@ export class ContextSession {
   #revokedSelf = false;
   /** regenerate(): the next write swaps in `#token`. */
   #rotate = false;
+  /** The rotation is the periodic one: it yields to a concurrent request that rotated first. */
+  #periodicRotation = false;
+  /**
+   * The presented token was rotated away by another request and is within its grace
+   * period: the session is served, but this response hands out no token (it never
+   * knew the new one, and must not send the old one again).
+   */
+  #inGrace = false;
+  /** A rotated-away token presented after its grace, found under this request's row lock: revoked once the transaction ends. */
+  #stolenPending: { tokenHash: Buffer; record: SessionRecord } | undefined;
   /** bindUser(): the user to write (null unbinds), undefined when unchanged. */
   #pendingUserId: string | null | undefined;
   /** The commit LSN of this request's last write, for read-your-writes on replicas. */
@@ -85,6 +95,8 @@ export class ContextSession {
   #runner: StatementRunner;
   /** The presented token's session was revoked or has expired (ctx.sessions.ended). */
   #ended: SessionEnd | undefined;
+  /** Statements on the pool, also while `#runner` is the request's transaction. */
+  readonly #poolRunner: StatementRunner;
   /** genid's non-secret label before the token in the key handed out. */
   #label: string | undefined;
   /** What ctx.session asks of this request: maxAge default, regenerate, manual commit. */
@@ -102,6 +114,7 @@ export class ContextSession {
       () => ({ tenant: tenantId, actor: actor(this.userId) }),
       () => this.#fence,
     );
+    this.#poolRunner = this.#runner;
     this.#label = presented.label;
     const configuredMaxAge = engine.options.cookie.maxAge;
     this.#owner = {
@@ -110,6 +123,7 @@ export class ContextSession {
       commit: () => this.commit(),
       externalKey: () => {
         if (this.#destroyed && !this.#session) return undefined;
+        if (this.#inGrace && this.#token === undefined) return undefined;
         this.#token ??= generateToken();
         return this.#key();
       },
@@ -204,6 +218,9 @@ export class ContextSession {
       throw new SessionStateError('cannot regenerate a destroyed session');
     }
     this.get();
+    // The token this request presented was rotated away moments ago by another request,
+    // whose response carries the new one: this request rotates nothing and hands out no token.
+    if (this.#inGrace && this.#record && !this.#destroyed) return;
     this.#token = generateToken();
     this.#rotate = this.#record !== undefined;
     if (this.engine.options.koa.genid) this.#newLabel();
@@ -274,6 +291,16 @@ export class ContextSession {
     this.#inTransaction = true;
   }
 
+  /**
+   * After the request's transaction ended (committed or not): a stolen token found
+   * under its row lock is revoked now, on the pool, whatever the handler did.
+   */
+  async afterTransaction(): Promise<void> {
+    const stolen = this.#stolenPending;
+    this.#stolenPending = undefined;
+    if (stolen) await this.#revokeStolen(stolen.tokenHash, stolen.record);
+  }
+
   // --- load -------------------------------------------------------------------
 
   /**
@@ -281,7 +308,7 @@ export class ContextSession {
    * is not locking and the cached version is at least the client's fence (the version it
    * last wrote, through any process), else with one statement (which then fills the cache).
    */
-  async load(forUpdate = false): Promise<void> {
+  async load(forUpdate = false, restoreStatementTimeout?: string): Promise<void> {
     const token = this.presented.token;
     if (!token) return;
     const tokenHash = hashToken(token);
@@ -309,6 +336,9 @@ export class ContextSession {
         this.#record = {
           ...cached,
           touchDue: cached.lastSeenAt.getTime() < Date.now() - options.touchInterval,
+          rotationDue:
+            options.rotateInterval !== false &&
+            cached.tokenIssuedAt.getTime() <= Date.now() - options.rotateInterval,
         };
         this.#token = token;
         this.#checkValid();
@@ -328,14 +358,25 @@ export class ContextSession {
       this.engine.store.loadPresented(this.#runner, this.tenantId, tokenHash, {
         forUpdate,
         minVersion,
+        restoreStatementTimeout,
       }),
     );
     metrics.time('load', startedAt);
     if (found?.live) {
-      const record = found.live;
-      this.#record = record;
-      this.#token = token;
-      if (cacheUsable && this.engine.cacheTrusted) cache.set(record, epoch);
+      const { rotatedAway, ...current } = found.live;
+      if (rotatedAway === 'reused') {
+        // A token rotated away longer ago than the grace period: a copy. The presenter
+        // gets a fresh session; the session is revoked everywhere (after this request's
+        // transaction when this request holds its row lock).
+        if (forUpdate) this.#stolenPending = { tokenHash, record: current };
+        else await this.#revokeStolen(tokenHash, current);
+        return;
+      }
+      this.#record = current;
+      if (rotatedAway === 'grace') this.#inGrace = true;
+      else this.#token = token;
+      // Cached under the session's current hash, never the rotated-away one.
+      if (cacheUsable && this.engine.cacheTrusted) cache.set(current, epoch);
       this.#checkValid();
       return;
     }
@@ -375,7 +416,59 @@ export class ContextSession {
     this.#session = undefined;
     this.#token = undefined;
     this.#label = undefined;
+    this.#inGrace = false;
     this.#emit('session:invalid', { key: record.id, value: record.data, via: this.presented.via });
+  }
+
+  /** Revokes the session of a reused token, counts it and tells the app (`session:stolen`). */
+  async #revokeStolen(tokenHash: Buffer, record: SessionRecord): Promise<void> {
+    const { engine } = this;
+    const ended = await engine.withFailover(() =>
+      engine.store.revokeReusedToken(this.#poolRunner, this.tenantId, tokenHash, this.#origin()),
+    );
+    engine.forgetEnded(this.tenantId, ended);
+    if (ended.length === 0) return;
+    engine.metrics.increment('stolenTokens');
+    engine.options.logger.warn(
+      { sessionId: record.id, tenant: this.tenantId },
+      'pg-sessions: a rotated-away token was presented after its grace period; session revoked',
+    );
+    this.#emit('session:stolen', {
+      id: record.id,
+      userId: record.userId,
+      via: this.presented.via,
+    });
+  }
+
+  /** This request's client, as the audit log records it. */
+  #origin(): RequestOrigin {
+    return {
+      ip: clientAddress(this.ctx.ip),
+      userAgent: this.ctx.get('user-agent').slice(0, 1024) || null,
+    };
+  }
+
+  /**
+   * Periodic rotation (`rotateInterval`): a loaded session whose token is due gets a new
+   * one at this request's write, when the client can take it transparently (a cookie or
+   * an external key; never a bearer client, nor a request in a grace period).
+   */
+  #rotateIfDue(): void {
+    const record = this.#record;
+    if (
+      !record?.rotationDue ||
+      this.#inGrace ||
+      this.#destroyed ||
+      this.#revokedSelf ||
+      this.#rotate ||
+      (this.presented.via !== 'cookie' && this.presented.via !== 'external')
+    ) {
+      return;
+    }
+    this.get();
+    this.#token = generateToken();
+    this.#rotate = true;
+    this.#periodicRotation = true;
   }
 
   // --- commit -----------------------------------------------------------------
@@ -419,6 +512,7 @@ export class ContextSession {
    */
   async commit(): Promise<void> {
     const { options } = this.engine;
+    this.#rotateIfDue();
     let changes = this.#session ? collectChanges(this.#session) : undefined;
     const plan = this.plan(changes);
     const writes = plan.action === 'create' || plan.action === 'save' || plan.action === 'rotate';
@@ -448,8 +542,19 @@ export class ContextSession {
     return this.presented.via !== 'bearer' && !this.engine.options.koa.externalKey;
   }
 
+  /**
+   * True when the token this request holds is the session's current one: a request in a
+   * grace period, or one that lost its token to a concurrent rotation, holds none that
+   * may be handed out.
+   */
+  get #tokenIsCurrent(): boolean {
+    if (this.#token === undefined) return false;
+    return !this.#record || hashesEqual(hashToken(this.#token), this.#record.tokenHash);
+  }
+
   /** Hands the key to the client: the cookie, or koa-session's `externalKey.set`. */
   #sendKey(): void {
+    if (!this.#tokenIsCurrent) return;
     const { koa, cookie } = this.engine.options;
     if (koa.externalKey) {
       koa.externalKey.set(this.ctx, this.#key());
@@ -482,8 +587,7 @@ export class ContextSession {
           tokenHash,
           data: session.toJSON(),
           userId: this.#pendingUserId ?? null,
-          ip: clientAddress(ctx.ip),
-          userAgent: ctx.get('user-agent').slice(0, 1024) || null,
+          ...this.#origin(),
         });
       } catch (error) {
         // The first attempt's commit landed before the primary went away: not twice.
@@ -531,10 +635,13 @@ export class ContextSession {
       return store.saveDelta(this.#runner, {
         tenantId: this.tenantId,
         id: loaded.id,
-        tokenHash: loaded.tokenHash,
         patch: changes.patch,
         removed: changes.removed,
-        newTokenHash,
+        rotation: newTokenHash && {
+          newTokenHash,
+          onlyIfTokenIs: this.#periodicRotation ? loaded.tokenHash : undefined,
+          origin: this.#origin(),
+        },
         userId,
         expected: this.mode === 'strict' ? changes.expected : undefined,
       });
@@ -545,7 +652,15 @@ export class ContextSession {
       return;
     }
     metrics.increment('saves');
-    if (this.#rotate) this.#forget(loaded);
+    if (newTokenHash && hashesEqual(saved.tokenHash, newTokenHash)) {
+      metrics.increment('rotations');
+    } else if (this.#rotate) {
+      // A periodic rotation that a concurrent request's rotation beat: that response
+      // carries the new token; this one hands out none.
+      this.#token = undefined;
+    }
+    // The loaded token is no longer the session's (rotated by this request or another).
+    if (!hashesEqual(saved.tokenHash, loaded.tokenHash)) this.#forget(loaded);
     this.#record = saved;
     this.#fence = fence;
     markSaved(session, changes.baseline);
@@ -556,6 +671,7 @@ export class ContextSession {
       writeVersionFence(ctx, options.cookie, saved.version, sessionMaxAge(session));
     }
     this.#rotate = false;
+    this.#periodicRotation = false;
     if (userId) await this.#enforceMaxSessions();
   }
 
@@ -565,7 +681,7 @@ export class ContextSession {
     this.#forget(loaded);
     if (
       this.mode === 'strict' &&
-      (await engine.store.isLive(this.#runner, this.tenantId, loaded.id, loaded.tokenHash))
+      (await engine.store.isLive(this.#runner, this.tenantId, loaded.id))
     ) {
       engine.metrics.increment('conflicts');
       const keys = [...changes.expected.keys()];

@@ -37,6 +37,8 @@ export class SessionEngine {
       idleTimeoutMs: options.idleTimeout,
       absoluteTimeoutMs: options.absoluteTimeout,
       touchIntervalMs: options.touchInterval,
+      rotateIntervalMs: options.rotateInterval === false ? undefined : options.rotateInterval,
+      rotationGraceMs: options.rotationGrace,
     });
     this.database = openDatabase(options);
     // Always the current primary's pool, also after a failover swapped it.

@@ -27,6 +27,7 @@ export {
 export { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
 export type {
   EventTable,
+  PreviousTokenTable,
   RequestDatabase,
   SessionsDatabase,
   SessionTable,

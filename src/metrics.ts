@@ -10,6 +10,8 @@ const COUNTERS = [
   'conflicts',
   'misses',
   'invalidTokens',
+  'stolenTokens',
+  'rotations',
   'unavailable',
   'cacheHits',
   'cacheMisses',

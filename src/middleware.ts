@@ -128,7 +128,9 @@ export function sessions(
     ctx[EARLY_SESSION] = undefined;
     ctx.sessions = new SessionControl(context, resolved.maxSessionsPerUser);
 
-    if (resolved.transaction(ctx) === 'request' || mode === 'lock') {
+    // Lock mode locks the presented token's session: without one there is nothing to
+    // lock, and the request stays off the database like in every other mode.
+    if (resolved.transaction(ctx) === 'request' || (mode === 'lock' && presented.token)) {
       await inRequestTransaction(context, next);
     } else {
       await guard(() => context.load());
@@ -160,15 +162,28 @@ export function sessions(
   async function inRequestTransaction(context: ContextSession, next: Next): Promise<void> {
     const { ctx } = context;
     let began = false;
+    const locking = context.mode === 'lock';
     try {
       await engine.kysely.transaction().execute(async (trx) => {
         began = true;
         metrics.roundTrip();
-        await sql`SELECT set_config('sessions.tenant', ${context.tenantId}, true),
+        // The locking load may wait up to lockTimeout and then run: its statement_timeout
+        // is lockTimeout + statementTimeout, so lock_timeout (55P03, SESSION_LOCK_TIMEOUT)
+        // always fires first. The load itself restores the previous statement_timeout for
+        // the statements after it.
+        const lockStatementTimeout = locking
+          ? sql`, set_config('statement_timeout', ${`${resolved.lockTimeout + resolved.statementTimeout}ms`}, true)`
+          : sql``;
+        // OFFSET 0: the setting is read in a subquery, before the outer list changes it.
+        const { rows } = await sql<{ statement_timeout: string }>`SELECT before.statement_timeout,
+          set_config('sessions.tenant', ${context.tenantId}, true),
           set_config('sessions.actor', ${resolved.actor(ctx, context.userId)}, true),
-          set_config('lock_timeout', ${`${resolved.lockTimeout}ms`}, true)`.execute(trx);
+          set_config('lock_timeout', ${`${resolved.lockTimeout}ms`}, true)${lockStatementTimeout}
+          FROM (SELECT current_setting('statement_timeout') AS statement_timeout OFFSET 0) AS before`.execute(
+          trx,
+        );
         context.useTransaction(trx);
-        await guard(() => context.load(context.mode === 'lock'));
+        await guard(() => context.load(locking, locking ? rows[0]?.statement_timeout : undefined));
         // The application's tables are its own declaration (RequestDatabase); at run time
         // a Kysely transaction reaches any table the role may use.
         ctx.db = trx as unknown as Transaction<RequestDatabase>;
@@ -191,6 +206,10 @@ export function sessions(
         throw translate(error);
       }
       throw error;
+    } finally {
+      await context.afterTransaction().catch((error: unknown) => {
+        resolved.logger.error({ err: error }, 'pg-sessions could not revoke a stolen session');
+      });
     }
   }
 

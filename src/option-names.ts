@@ -11,6 +11,8 @@ const KNOWN_OPTIONS: readonly string[] = Object.keys({
   idleTimeout: true,
   absoluteTimeout: true,
   touchInterval: true,
+  rotateInterval: true,
+  rotationGrace: true,
   mode: true,
   transaction: true,
   lockTimeout: true,

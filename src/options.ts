@@ -83,6 +83,23 @@ export interface SessionOptions {
   absoluteTimeout?: number;
   /** An unchanged session is rewritten (touched) at most once per interval. @default 60_000 */
   touchInterval?: number;
+  /**
+   * Periodic rotation (OWASP): a session's token older than this many ms is replaced by
+   * the next request that presents it in a cookie (or an `externalKey`), transparently:
+   * the response carries the new key. Shortens how long a copied token stays useful, at
+   * the cost of one write per interval per session. Bearer clients are never rotated
+   * behind their back (they could not learn the new token). `false`: only `regenerate()`
+   * and `bindUser()` rotate. @default false
+   */
+  rotateInterval?: number | false;
+  /**
+   * How long, in ms, a token replaced by a rotation still reaches its session, so that
+   * requests already in flight with it finish (they are served, but hand out no token).
+   * Presented after that, it is taken for a copy: the session is revoked on every node
+   * (event `token_reused`, `session:stolen`). Longer tolerates slower clients; shorter
+   * narrows the window in which a copied token still works. @default 60_000
+   */
+  rotationGrace?: number;
   /** 'merge' (key-level last writer wins), 'strict' (409 on a lost update) or 'lock'. @default 'merge' */
   mode?: ConcurrencyMode | ((ctx: Context) => ConcurrencyMode);
   /** 'request' wraps each request in one transaction, `ctx.db`. @default 'none' */
@@ -180,6 +197,8 @@ export interface ResolvedOptions {
   readonly idleTimeout: number;
   readonly absoluteTimeout: number;
   readonly touchInterval: number;
+  readonly rotateInterval: number | false;
+  readonly rotationGrace: number;
   readonly mode: (ctx: Context) => ConcurrencyMode;
   readonly transaction: (ctx: Context) => TransactionMode;
   readonly lockTimeout: number;
@@ -247,6 +266,11 @@ export function resolveOptions(given: SessionOptions = {}): ResolvedOptions {
     idleTimeout,
     absoluteTimeout,
     touchInterval: duration('touchInterval', options.touchInterval, 60_000, true),
+    rotateInterval:
+      options.rotateInterval === false || options.rotateInterval === undefined
+        ? false
+        : duration('rotateInterval', options.rotateInterval, 0),
+    rotationGrace: rotationGrace(options.rotationGrace, idleTimeout),
     mode: choice('mode', options.mode, MODES, 'merge'),
     transaction: choice('transaction', options.transaction, TRANSACTION_MODES, 'none'),
     lockTimeout: duration('lockTimeout', options.lockTimeout, 10_000),
@@ -325,6 +349,21 @@ export function duration(
     throw new SessionOptionsError(name, `must be a positive number, got ${String(value)}`);
   }
   return resolved;
+}
+
+/**
+ * A rotated-away token's grace: 0 (no grace: any reuse revokes) up to an hour, and
+ * never longer than the idle timeout (it would outlive the session it protects).
+ */
+function rotationGrace(value: number | undefined, idleTimeout: number): number {
+  const grace = duration('rotationGrace', value, Math.min(60_000, idleTimeout), true);
+  if (grace > 3_600_000 || grace > idleTimeout) {
+    throw new SessionOptionsError(
+      'rotationGrace',
+      `must be at most an hour and at most idleTimeout (${idleTimeout} ms), got ${grace}`,
+    );
+  }
+  return grace;
 }
 
 /** A postgres:// or postgresql:// URL, else the option's error. */

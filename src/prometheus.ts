@@ -16,6 +16,9 @@ const COUNTER_HELP: Readonly<Record<CounterName, string>> = {
   conflicts: 'Strict-mode conflicts (HTTP 409)',
   misses: 'Presented tokens that matched no live session',
   invalidTokens: 'Malformed or tampered tokens',
+  stolenTokens:
+    'Rotated-away tokens presented after their grace period: sessions revoked as stolen',
+  rotations: 'Token rotations (regenerate, bindUser, periodic rotation)',
   unavailable: 'Requests answered 503 because the database was unavailable',
   cacheHits: 'Sessions served from the process cache',
   cacheMisses: 'Cache lookups that went to the database',

@@ -16,8 +16,18 @@ export interface SessionRecord {
   readonly absoluteExpiresAt: Date;
   /** Computed by the database's clock at load: last_seen_at is older than the touch interval. */
   readonly touchDue: boolean;
+  /** When the current token was issued (creation or the last rotation). */
+  readonly tokenIssuedAt: Date;
+  /** Computed by the database's clock: the token is older than `rotateInterval` (never without it). */
+  readonly rotationDue: boolean;
   /** `data` key by key, kept with cached rows (see {@link DataSnapshot}). */
   readonly snapshot?: DataSnapshot;
+  /**
+   * Loaded by a token a rotation replaced: `'grace'` within its grace period (the
+   * request may use the session but never hands out a token), `'reused'` past it
+   * (evidence of a copied token). `tokenHash` is the session's current hash.
+   */
+  readonly rotatedAway?: 'grace' | 'reused';
 }
 
 /**
@@ -65,11 +75,21 @@ export interface EndedSession {
   readonly tokenHash: Buffer;
 }
 
+/** The request behind a rotation or a token's reuse, for the audit log (never the token). */
+export interface RequestOrigin {
+  readonly ip: string | null;
+  readonly userAgent: string | null;
+}
+
 /** Durations in milliseconds that shape the expiry columns. */
 export interface ExpiryPolicy {
   readonly idleTimeoutMs: number;
   readonly absoluteTimeoutMs: number;
   readonly touchIntervalMs: number;
+  /** Periodic rotation: a token older than this is due (undefined: never). */
+  readonly rotateIntervalMs?: number;
+  /** How long a rotated-away token still reaches its session. */
+  readonly rotationGraceMs: number;
 }
 
 export interface SessionRow {
@@ -83,7 +103,16 @@ export interface SessionRow {
   last_seen_at: Date;
   idle_expires_at: Date;
   absolute_expires_at: Date;
+  token_issued_at: Date;
   touch_due: boolean;
+  rotation_due: boolean;
+}
+
+/** How a load runs: locked (lock mode), fenced (read-your-writes), and for lock mode the statement_timeout to put back after the wait. */
+interface LoadOptions {
+  readonly forUpdate?: boolean;
+  readonly minVersion?: number;
+  readonly restoreStatementTimeout?: string;
 }
 
 /** A row as {@link SessionStore.loadPresented} reads it: with why it ended, if it did. */
@@ -91,6 +120,8 @@ export interface PresentedSessionRow extends SessionRow {
   ended: 'revoked' | 'expired' | null;
   revoked_reason: string | null;
   ended_at: Date;
+  /** NULL when found by its current token; for a previous token, whether its grace lasts. */
+  in_grace: boolean | null;
 }
 
 const interval = (ms: number) => sql<string>`make_interval(secs => ${ms / 1000})`;
@@ -98,7 +129,8 @@ const interval = (ms: number) => sql<string>`make_interval(secs => ${ms / 1000})
 /** Live means: not revoked, and neither expiry passed by the database's clock. */
 const live = sql<boolean>`revoked_at IS NULL AND expires_at > now()`;
 
-function returningRecord(touchIntervalMs: number) {
+function returningRecord(expiry: ExpiryPolicy) {
+  const { touchIntervalMs, rotateIntervalMs } = expiry;
   return [
     'id',
     'tenant_id',
@@ -110,7 +142,12 @@ function returningRecord(touchIntervalMs: number) {
     'last_seen_at',
     'idle_expires_at',
     'absolute_expires_at',
+    'token_issued_at',
     sql<boolean>`last_seen_at < now() - ${interval(touchIntervalMs)}`.as('touch_due'),
+    (rotateIntervalMs === undefined
+      ? sql<boolean>`false`
+      : sql<boolean>`token_issued_at <= now() - ${interval(rotateIntervalMs)}`
+    ).as('rotation_due'),
   ] as const;
 }
 
@@ -127,6 +164,8 @@ function toRecord(row: SessionRow): SessionRecord {
     idleExpiresAt: row.idle_expires_at,
     absoluteExpiresAt: row.absolute_expires_at,
     touchDue: row.touch_due,
+    tokenIssuedAt: row.token_issued_at,
+    rotationDue: row.rotation_due,
   };
 }
 
@@ -135,7 +174,15 @@ function toRecord(row: SessionRow): SessionRecord {
  * so the unit tests check that an ended row never comes out as a live record.
  */
 export function toPresentedRow(row: PresentedSessionRow): PresentedRow {
-  if (row.ended === null) return { live: toRecord(row) };
+  if (row.ended === null) {
+    const record = toRecord(row);
+    return {
+      live:
+        row.in_grace === null
+          ? record
+          : { ...record, rotatedAway: row.in_grace ? 'grace' : 'reused' },
+    };
+  }
   return {
     ended: {
       reason: row.ended,
@@ -156,12 +203,18 @@ export function toPresentedRow(row: PresentedSessionRow): PresentedRow {
 export class SessionStore {
   constructor(private readonly expiry: ExpiryPolicy) {}
 
-  /** The live session with this token hash, or undefined. `forUpdate` locks it (lock mode). */
+  /**
+   * The live session this token reaches, or undefined: the session whose token it is,
+   * or, for a token a rotation replaced, its session marked `rotatedAway` (one
+   * statement either way: the previous-token lookup is an index probe inside it).
+   * `forUpdate` locks it (lock mode); `restoreStatementTimeout` sets statement_timeout
+   * for the statements after this one (the lock wait ran with a longer one).
+   */
   async load(
     runner: StatementRunner,
     tenantId: string,
     tokenHash: Buffer,
-    options: { forUpdate?: boolean; minVersion?: number } = {},
+    options: LoadOptions = {},
   ): Promise<SessionRecord | undefined> {
     const row = await this.#loadRow(runner, tenantId, tokenHash, {
       ...options,
@@ -172,14 +225,15 @@ export class SessionStore {
 
   /**
    * What the token a request presented finds, in the same one statement as
-   * {@link load}: the live row, or the revoked or expired row with why it ended (so
-   * the app can tell the user why they were signed out), or undefined.
+   * {@link load}: the live row (marked `rotatedAway` when found by a previous token),
+   * or the revoked or expired row with why it ended (so the app can tell the user why
+   * they were signed out), or undefined.
    */
   async loadPresented(
     runner: StatementRunner,
     tenantId: string,
     tokenHash: Buffer,
-    options: { forUpdate?: boolean; minVersion?: number } = {},
+    options: LoadOptions = {},
   ): Promise<PresentedRow> {
     const row = await this.#loadRow(runner, tenantId, tokenHash, {
       ...options,
@@ -192,21 +246,48 @@ export class SessionStore {
     runner: StatementRunner,
     tenantId: string,
     tokenHash: Buffer,
-    options: { forUpdate?: boolean; minVersion?: number; includeEnded: boolean },
+    options: LoadOptions & { includeEnded: boolean },
   ): Promise<PresentedSessionRow | undefined> {
+    const previous = db
+      .selectFrom('sessions.previous_token')
+      .where('tenant_id', '=', tenantId)
+      .where('token_hash', '=', tokenHash);
+    // The session's id, through its current token or a previous one: two index probes,
+    // run once. The row is then matched by id, so that under FOR UPDATE a rotation that
+    // commits while this waits for the lock still finds the session (re-checked by id).
+    const sessionId = db
+      .selectFrom('sessions.session')
+      .select('id')
+      .where('tenant_id', '=', tenantId)
+      .where('token_hash', '=', tokenHash)
+      .unionAll(previous.select('session_id as id'))
+      .limit(1);
     let query = db
       .selectFrom('sessions.session')
       .select([
-        ...returningRecord(this.expiry.touchIntervalMs),
+        ...returningRecord(this.expiry),
         // Revoked first: a revocation only ever ends a live row, so it is the cause.
         sql<'revoked' | 'expired' | null>`CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
           WHEN expires_at <= now() THEN 'expired' END`.as('ended'),
         'revoked_reason',
         sql<Date>`coalesce(revoked_at, expires_at)`.as('ended_at'),
+        // NULL for the current token; for a previous one whether its grace lasts (a
+        // rotation that committed after this statement's snapshot, seen under the lock,
+        // has just begun).
+        sql<boolean | null>`CASE WHEN token_hash = ${tokenHash} THEN NULL
+          ELSE coalesce((${previous.select(sql<boolean>`grace_expires_at > now()`.as('in_grace'))}), true) END`.as(
+          'in_grace',
+        ),
       ])
       .where('tenant_id', '=', tenantId)
-      .where('token_hash', '=', tokenHash);
+      .where('id', '=', sessionId);
     if (!options.includeEnded) query = query.where(live);
+    if (options.restoreStatementTimeout !== undefined) {
+      // Uncorrelated: a one-time filter, run once before the scan, whatever it finds.
+      query = query.where(
+        sql<boolean>`(SELECT set_config('statement_timeout', ${options.restoreStatementTimeout}, true)) IS NOT NULL`,
+      );
+    }
     if (options.forUpdate) query = query.forUpdate();
     const { rows, fromReplica } = await runner.read(query);
     let row = rows[0] as PresentedSessionRow | undefined;
@@ -234,7 +315,7 @@ export class SessionStore {
     const { rows } = await runner.readPrimary(
       db
         .selectFrom('sessions.session')
-        .select(returningRecord(this.expiry.touchIntervalMs))
+        .select(returningRecord(this.expiry))
         .where('tenant_id', '=', tenantId)
         .where('id', '=', id)
         .where(live),
@@ -255,7 +336,7 @@ export class SessionStore {
       userAgent: string | null;
     },
   ): Promise<{ record: SessionRecord; fence?: string }> {
-    const { idleTimeoutMs, absoluteTimeoutMs, touchIntervalMs } = this.expiry;
+    const { idleTimeoutMs, absoluteTimeoutMs } = this.expiry;
     const query = db
       .insertInto('sessions.session')
       .values({
@@ -268,81 +349,188 @@ export class SessionStore {
         ip: input.ip,
         user_agent: input.userAgent,
       })
-      .returning(returningRecord(touchIntervalMs));
+      .returning(returningRecord(this.expiry));
     const { rows, fence } = await runner.write(query);
     return { record: toRecord(rows[0] as SessionRow), fence };
   }
 
   /**
    * Writes the request's changes in one statement: `data || patch - removed`, the
-   * optional new token and user, and a touch. Matches only the live row with the
-   * token the request loaded, so a destroyed, revoked, expired or rotated-away session
-   * is never brought back. With `expected` (strict mode) each named key must still
-   * hold the JSON the request loaded (absent: `undefined`), or nothing is written.
+   * optional user and a touch. Matches the live row by its public id, whatever
+   * happened to its token meanwhile (a concurrent rotation), so a destroyed, revoked
+   * or expired session is never brought back. With `expected` (strict mode) each named
+   * key must still hold the JSON the request loaded (absent: `undefined`), or nothing
+   * is written.
    *
-   * @returns the new record, or undefined when no row matched.
+   * With `rotation`, the same statement swaps in the new token and records the one it
+   * replaced (the row's token at that moment, locked) as a previous token with its grace
+   * period. `onlyIfTokenIs` (periodic rotation) rotates only while the row still has
+   * that token: a concurrent request that rotated first wins, and this one just saves.
+   *
+   * @returns the new record (its `tokenHash` says whether the rotation happened), or
+   *   undefined when no row matched.
    */
   async saveDelta(
     runner: StatementRunner,
     input: {
       tenantId: string;
       id: string;
-      tokenHash: Buffer;
       patch: Record<string, unknown>;
       removed: readonly string[];
-      newTokenHash?: Buffer;
+      rotation?: { newTokenHash: Buffer; onlyIfTokenIs?: Buffer; origin: RequestOrigin };
       userId?: string | null;
       expected?: ReadonlyMap<string, string | undefined>;
     },
   ): Promise<{ record?: SessionRecord; fence?: string }> {
-    const { idleTimeoutMs, touchIntervalMs } = this.expiry;
+    const { idleTimeoutMs, rotationGraceMs } = this.expiry;
     const patchJson = JSON.stringify(input.patch);
-    let query = db
-      .updateTable('sessions.session')
-      .set({
-        data: sql`(data || ${patchJson}::jsonb) - ${[...input.removed]}::text[]`,
-        ...touchColumns(idleTimeoutMs),
-        ...(input.newTokenHash ? { token_hash: input.newTokenHash } : {}),
-        ...(input.userId !== undefined ? { user_id: input.userId } : {}),
-      })
-      .where('tenant_id', '=', input.tenantId)
-      .where('id', '=', input.id)
-      .where('token_hash', '=', input.tokenHash)
-      .where(live);
-    for (const [key, loadedJson] of input.expected ?? []) {
-      query =
-        loadedJson === undefined
-          ? query.where(sql<boolean>`NOT jsonb_exists(data, ${key})`)
-          : query.where(sql<boolean>`(data -> ${key}) IS NOT DISTINCT FROM ${loadedJson}::jsonb`);
+    const { rotation } = input;
+    const tokenColumns = !rotation
+      ? {}
+      : rotation.onlyIfTokenIs
+        ? {
+            token_hash: sql<Buffer>`CASE WHEN token_hash = ${rotation.onlyIfTokenIs} THEN ${rotation.newTokenHash} ELSE token_hash END`,
+            token_issued_at: sql<Date>`CASE WHEN token_hash = ${rotation.onlyIfTokenIs} THEN now() ELSE token_issued_at END`,
+          }
+        : { token_hash: rotation.newTokenHash, token_issued_at: sql<Date>`now()` };
+    const changes = {
+      data: sql<string>`(data || ${patchJson}::jsonb) - ${[...input.removed]}::text[]`,
+      ...touchColumns(idleTimeoutMs),
+      ...tokenColumns,
+      ...(input.userId !== undefined ? { user_id: input.userId } : {}),
+    };
+    const expectations = [...(input.expected ?? [])].map(([key, loadedJson]) =>
+      loadedJson === undefined
+        ? sql<boolean>`NOT jsonb_exists(data, ${key})`
+        : sql<boolean>`(data -> ${key}) IS NOT DISTINCT FROM ${loadedJson}::jsonb`,
+    );
+    if (!rotation) {
+      let query = db
+        .updateTable('sessions.session')
+        .set(changes)
+        .where('tenant_id', '=', input.tenantId)
+        .where('id', '=', input.id)
+        .where(live);
+      for (const expectation of expectations) query = query.where(expectation);
+      const { rows, fence } = await runner.write(query.returning(returningRecord(this.expiry)));
+      const row = rows[0] as SessionRow | undefined;
+      return { record: row ? toRecord(row) : undefined, fence };
     }
-    const { rows, fence } = await runner.write(query.returning(returningRecord(touchIntervalMs)));
+    const query = db
+      // The token being replaced is the row's newest, read under the row lock: a
+      // concurrent rotation that committed first is recorded, never lost.
+      .with('current', (qb) =>
+        qb
+          .selectFrom('sessions.session')
+          .select(['id as locked_id', 'token_hash as replaced_hash'])
+          .where('tenant_id', '=', input.tenantId)
+          .where('id', '=', input.id)
+          .where(live)
+          .forUpdate(),
+      )
+      .with('saved', (qb) => {
+        let update = qb
+          .updateTable('sessions.session')
+          .from('current')
+          .set(changes)
+          .where('tenant_id', '=', input.tenantId)
+          .whereRef('id', '=', 'current.locked_id');
+        for (const expectation of expectations) update = update.where(expectation);
+        return update.returning(returningRecord(this.expiry));
+      })
+      .with('previous', (qb) =>
+        qb
+          .insertInto('sessions.previous_token')
+          .columns([
+            'tenant_id',
+            'token_hash',
+            'session_id',
+            'grace_expires_at',
+            'rotation_ip',
+            'rotation_user_agent',
+          ])
+          .expression(
+            qb
+              .selectFrom('current')
+              .innerJoin('saved', 'saved.id', 'current.locked_id')
+              .select([
+                'saved.tenant_id',
+                'current.replaced_hash',
+                'current.locked_id',
+                sql<Date>`now() + ${interval(rotationGraceMs)}`.as('grace_expires_at'),
+                sql<string | null>`${rotation.origin.ip}::inet`.as('rotation_ip'),
+                sql<string | null>`${rotation.origin.userAgent}::text`.as('rotation_user_agent'),
+              ])
+              .whereRef('saved.token_hash', '<>', 'current.replaced_hash'),
+          )
+          .onConflict((conflict) => conflict.doNothing()),
+      )
+      .selectFrom('saved')
+      .selectAll();
+    const { rows, fence } = await runner.write(query);
     const row = rows[0] as SessionRow | undefined;
     return { record: row ? toRecord(row) : undefined, fence };
   }
 
+  /**
+   * A rotated-away token presented after its grace period: marks it reused (its
+   * trigger logs both requests) and revokes its session with reason `token_reused`, in
+   * one statement; the triggers notify every node. Returns the ended session.
+   */
+  async revokeReusedToken(
+    runner: StatementRunner,
+    tenantId: string,
+    tokenHash: Buffer,
+    origin: RequestOrigin,
+  ): Promise<(EndedSession & { userId: string | null })[]> {
+    const { rows } = await runner.write(
+      db
+        .with('reused', (qb) =>
+          qb
+            .updateTable('sessions.previous_token')
+            .set({
+              reused_at: sql`now()`,
+              reused_ip: origin.ip,
+              reused_user_agent: origin.userAgent,
+            })
+            .where('tenant_id', '=', tenantId)
+            .where('token_hash', '=', tokenHash)
+            .where('reused_at', 'is', null)
+            .where(sql<boolean>`grace_expires_at <= now()`)
+            .returning('session_id'),
+        )
+        .updateTable('sessions.session')
+        .from('reused')
+        .set({ revoked_at: sql`now()`, revoked_reason: 'token_reused' })
+        .where('tenant_id', '=', tenantId)
+        .whereRef('id', '=', 'reused.session_id')
+        .where(live)
+        .returning(['id', 'token_hash', 'user_id']),
+    );
+    return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash, userId: row.user_id }));
+  }
+
   /** Whether the session is still live (tells a strict-mode conflict from a vanished session). */
-  async isLive(runner: StatementRunner, tenantId: string, id: string, tokenHash: Buffer) {
+  async isLive(runner: StatementRunner, tenantId: string, id: string) {
     const { rows } = await runner.read(
       db
         .selectFrom('sessions.session')
         .select('id')
         .where('tenant_id', '=', tenantId)
         .where('id', '=', id)
-        .where('token_hash', '=', tokenHash)
         .where(live),
     );
     return rows.length > 0;
   }
 
   /** Slides the idle expiry of a live session; never moves last_seen_at backwards, never revives. */
-  async touch(runner: StatementRunner, tenantId: string, id: string, tokenHash: Buffer) {
+  async touch(runner: StatementRunner, tenantId: string, id: string) {
     const { rows } = await runner.write(
       db
         .updateTable('sessions.session')
         .set(touchColumns(this.expiry.idleTimeoutMs))
         .where('tenant_id', '=', tenantId)
         .where('id', '=', id)
-        .where('token_hash', '=', tokenHash)
         .where(live)
         .returning('id'),
     );

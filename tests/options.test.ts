@@ -30,6 +30,23 @@ test('a wrong option fails at construction with a sentence naming the option', (
       { database: 'postgres://x/y', cache: { listenUrl: 'http://x/y' } },
       /option cache\.listenUrl: must be a postgres:\/\/ URL/,
     ],
+    [
+      { database: 'postgres://x/y', rotateInterval: 0 },
+      /option rotateInterval: must be a positive/,
+    ],
+    [
+      { database: 'postgres://x/y', rotateInterval: '15m' as never },
+      /option rotateInterval: must be a positive/,
+    ],
+    [{ database: 'postgres://x/y', rotationGrace: -1 }, /option rotationGrace: must be a positive/],
+    [
+      { database: 'postgres://x/y', rotationGrace: 7_200_000 },
+      /option rotationGrace: must be at most an hour/,
+    ],
+    [
+      { database: 'postgres://x/y', idleTimeout: 30_000, rotationGrace: 60_000 },
+      /option rotationGrace: .*at most idleTimeout/,
+    ],
   ];
   for (const [options, message] of cases) {
     const error = t.throws(() => sessions(options), { instanceOf: SessionOptionsError });
@@ -51,6 +68,7 @@ test('an unknown option name is refused with the nearest known one', (t) => {
     [{ cache: { maxEntry: 10 } }, /did you mean cache\.maxEntries\?/],
     [{ gc: { intervall: 10 } }, /did you mean gc\.interval\?/],
     [{ rollling: true }, /did you mean rolling\?/],
+    [{ rotationInterval: 60_000 }, /did you mean rotateInterval\?/],
     [{ somethingElse: 1 }, /option somethingElse: is not an option of pg-sessions$/],
   ];
   for (const [extra, message] of cases) {

@@ -260,3 +260,89 @@ test('garbage collection deletes exactly the expired and revoked rows, in batche
   );
   t.is(events.rows.filter((row) => row.kind === 'destroyed').length, 0);
 });
+
+/** A previous token of a session, as a rotation records it (superuser). */
+async function insertPreviousToken(tenant: string, sessionId: string) {
+  const hash = randomBytes(32);
+  await admin.query(
+    `INSERT INTO sessions.previous_token (tenant_id, token_hash, session_id, grace_expires_at)
+     VALUES ($1, $2, $3, now() + interval '1 minute')`,
+    [tenant, hash, sessionId],
+  );
+  return hash.toString('hex');
+}
+
+test('sessions_app sees and marks only the previous tokens of the tenant it set, and cannot delete them', async (t) => {
+  const a = await insertSession('prev-a');
+  const b = await insertSession('prev-b');
+  const hashA = await insertPreviousToken('prev-a', a.id);
+  const hashB = await insertPreviousToken('prev-b', b.id);
+  const seen = await asApp('prev-a', async (client) => {
+    const rows = await client.query(
+      `SELECT encode(token_hash, 'hex') AS hash FROM sessions.previous_token`,
+    );
+    const marked = await client.query(
+      `UPDATE sessions.previous_token SET reused_at = now() WHERE session_id = $1`,
+      [b.id],
+    );
+    return { hashes: rows.rows.map((row) => row.hash), marked: marked.rowCount };
+  });
+  t.deepEqual(seen.hashes, [hashA]);
+  t.false(seen.hashes.includes(hashB));
+  t.is(seen.marked, 0);
+  for (const statement of [
+    'DELETE FROM sessions.previous_token',
+    `UPDATE sessions.previous_token SET grace_expires_at = now() + interval '1 year'`,
+    `UPDATE sessions.previous_token SET session_id = gen_random_uuid()`,
+  ]) {
+    await t.throwsAsync(
+      asApp('prev-a', (client) => client.query(statement)),
+      { message: /permission denied/ },
+      statement,
+    );
+  }
+  await t.throwsAsync(
+    asApp('prev-a', (client) =>
+      client.query(
+        `INSERT INTO sessions.previous_token (tenant_id, token_hash, session_id, grace_expires_at)
+         VALUES ('prev-b', $1, $2, now())`,
+        [randomBytes(32), b.id],
+      ),
+    ),
+    { message: /row-level security/ },
+  );
+  const none = await asApp(
+    null,
+    async (client) =>
+      (await client.query('SELECT count(*)::int AS n FROM sessions.previous_token')).rows[0].n,
+  );
+  t.is(none, 0, 'fails closed with no tenant set');
+});
+
+test('the auditor reads previous tokens across tenants but never their hash', async (t) => {
+  const session = await insertSession('prev-aud');
+  await insertPreviousToken('prev-aud', session.id);
+  const client = new pg.Client(db.auditorUrl);
+  await client.connect();
+  t.teardown(() => client.end());
+  const { rows } = await client.query(
+    `SELECT session_id FROM sessions.previous_token WHERE tenant_id = 'prev-aud'`,
+  );
+  t.deepEqual(rows, [{ session_id: session.id }]);
+  await t.throwsAsync(client.query('SELECT token_hash FROM sessions.previous_token'), {
+    message: /permission denied/,
+  });
+});
+
+test('deleting a session deletes its previous tokens (row-level security forced notwithstanding)', async (t) => {
+  const session = await insertSession('prev-del');
+  await insertPreviousToken('prev-del', session.id);
+  await asApp('prev-del', (client) =>
+    client.query('DELETE FROM sessions.session WHERE id = $1', [session.id]),
+  );
+  const { rows } = await admin.query(
+    'SELECT count(*)::int AS n FROM sessions.previous_token WHERE session_id = $1',
+    [session.id],
+  );
+  t.is(rows[0].n, 0);
+});

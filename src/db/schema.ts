@@ -24,6 +24,23 @@ export interface SessionTable {
   revoked_reason: string | null;
   ip: string | null;
   user_agent: string | null;
+  /** When the current token was issued (creation or last rotation). */
+  token_issued_at: ColumnType<Date, Date | undefined, Date>;
+}
+
+/** A token a rotation replaced (SHA-256 only), kept until its session is deleted. */
+export interface PreviousTokenTable {
+  tenant_id: string;
+  token_hash: Buffer;
+  session_id: string;
+  rotated_at: ColumnType<Date, never, never>;
+  /** Until then the token still reaches its session; presented later, it revokes it. */
+  grace_expires_at: Date;
+  rotation_ip: string | null;
+  rotation_user_agent: string | null;
+  reused_at: Date | null;
+  reused_ip: string | null;
+  reused_user_agent: string | null;
 }
 
 export interface EventTable {
@@ -40,13 +57,18 @@ export interface EventTable {
     | 'revoked'
     | 'expired'
     | 'destroyed'
-    | 'purged';
+    | 'purged'
+    | 'altered'
+    | 'token_reused';
   version: string | null;
   changed_keys: string[] | null;
   reason: string | null;
   actor: string;
   ip: string | null;
   user_agent: string | null;
+  /** 'token_reused': the request that rotated the token away (ip, user_agent: the one presenting it). */
+  rotation_ip: string | null;
+  rotation_user_agent: string | null;
 }
 
 export interface SchemaMigrationsTable {
@@ -56,6 +78,7 @@ export interface SchemaMigrationsTable {
 /** The `sessions` schema for Kysely: `Kysely<SessionsDatabase>`. */
 export interface SessionsDatabase {
   'sessions.session': SessionTable;
+  'sessions.previous_token': PreviousTokenTable;
   'sessions.event': EventTable;
   'sessions.schema_migrations': SchemaMigrationsTable;
 }

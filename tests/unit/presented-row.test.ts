@@ -14,6 +14,9 @@ const row: PresentedSessionRow = {
   idle_expires_at: new Date(now.getTime() + 60_000),
   absolute_expires_at: new Date(now.getTime() + 3_600_000),
   touch_due: false,
+  token_issued_at: now,
+  rotation_due: false,
+  in_grace: null,
   ended: null,
   revoked_reason: null,
   ended_at: new Date(now.getTime() + 60_000),
@@ -47,4 +50,10 @@ test('an expired row says expired, with its expiry as the time and no revocation
   t.is(presented?.live, undefined);
   t.deepEqual(presented?.ended, { reason: 'expired', endedAt: row.ended_at, id: row.id });
   t.deepEqual(presented && 'data' in presented ? presented.data : undefined, { cart: ['tea'] });
+});
+
+test('a live row found by a previous token is marked: in its grace, or reused past it', (t) => {
+  t.is(toPresentedRow({ ...row, in_grace: true })?.live?.rotatedAway, 'grace');
+  t.is(toPresentedRow({ ...row, in_grace: false })?.live?.rotatedAway, 'reused');
+  t.is(toPresentedRow(row)?.live?.rotatedAway, undefined);
 });

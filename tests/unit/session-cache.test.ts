@@ -17,6 +17,8 @@ function record(version: number, tenantId = 't'): SessionRecord {
     idleExpiresAt: new Date(now.getTime() + 60_000),
     absoluteExpiresAt: new Date(now.getTime() + 60_000),
     touchDue: false,
+    tokenIssuedAt: now,
+    rotationDue: false,
   };
 }
 
