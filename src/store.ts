@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { type RawBuilder, sql } from 'kysely';
 import { queryBuilder as db, type StatementRunner } from './db/runner.js';
 import type { DataSnapshot } from './session.js';
 
@@ -112,6 +112,7 @@ export interface SessionRow {
 interface LoadOptions {
   readonly forUpdate?: boolean;
   readonly minVersion?: number;
+  /** With `forUpdate`: the statement_timeout the locking load puts back once it holds the row. */
   readonly restoreStatementTimeout?: string;
 }
 
@@ -252,43 +253,67 @@ export class SessionStore {
       .selectFrom('sessions.previous_token')
       .where('tenant_id', '=', tenantId)
       .where('token_hash', '=', tokenHash);
-    // The session's id, through its current token or a previous one: two index probes,
-    // run once. The row is then matched by id, so that under FOR UPDATE a rotation that
-    // commits while this waits for the lock still finds the session (re-checked by id).
-    const sessionId = db
-      .selectFrom('sessions.session')
-      .select('id')
-      .where('tenant_id', '=', tenantId)
-      .where('token_hash', '=', tokenHash)
-      .unionAll(previous.select('session_id as id'))
-      .limit(1);
-    let query = db
-      .selectFrom('sessions.session')
-      .select([
+    const columns = (inGrace: RawBuilder<boolean | null>) =>
+      [
         ...returningRecord(this.expiry),
         // Revoked first: a revocation only ever ends a live row, so it is the cause.
         sql<'revoked' | 'expired' | null>`CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
           WHEN expires_at <= now() THEN 'expired' END`.as('ended'),
         'revoked_reason',
         sql<Date>`coalesce(revoked_at, expires_at)`.as('ended_at'),
-        // NULL for the current token; for a previous one whether its grace lasts (a
-        // rotation that committed after this statement's snapshot, seen under the lock,
-        // has just begun).
-        sql<boolean | null>`CASE WHEN token_hash = ${tokenHash} THEN NULL
-          ELSE coalesce((${previous.select(sql<boolean>`grace_expires_at > now()`.as('in_grace'))}), true) END`.as(
-          'in_grace',
-        ),
-      ])
-      .where('tenant_id', '=', tenantId)
-      .where('id', '=', sessionId);
-    if (!options.includeEnded) query = query.where(live);
-    if (options.restoreStatementTimeout !== undefined) {
-      // Uncorrelated: a one-time filter, run once before the scan, whatever it finds.
-      query = query.where(
-        sql<boolean>`(SELECT set_config('statement_timeout', ${options.restoreStatementTimeout}, true)) IS NOT NULL`,
-      );
+        inGrace.as('in_grace'),
+      ] as const;
+    // NULL for the current token; for a previous one whether its grace lasts.
+    const graceOfPrevious = sql<boolean>`(${previous.select(sql<boolean>`grace_expires_at > now()`.as('in_grace'))})`;
+    let query;
+    if (options.forUpdate) {
+      // Lock mode: the row is matched by id, found through its current token or a
+      // previous one, so that a rotation that commits while this waits for the lock
+      // still finds the session (re-checked by id); its grace is then judged afresh.
+      const sessionId = db
+        .selectFrom('sessions.session')
+        .select('id')
+        .where('tenant_id', '=', tenantId)
+        .where('token_hash', '=', tokenHash)
+        .unionAll(previous.select('session_id as id'))
+        .limit(1);
+      query = db
+        .selectFrom('sessions.session')
+        .select(
+          columns(
+            sql<boolean | null>`CASE WHEN token_hash = ${tokenHash} THEN NULL
+              ELSE coalesce(${graceOfPrevious}, true) END`,
+          ),
+        )
+        .where('tenant_id', '=', tenantId)
+        .where('id', '=', sessionId);
+      if (!options.includeEnded) query = query.where(live);
+      if (options.restoreStatementTimeout !== undefined) {
+        // Uncorrelated: a one-time filter, run once before the scan, whatever it finds.
+        query = query.where(
+          sql<boolean>`(SELECT set_config('statement_timeout', ${options.restoreStatementTimeout}, true)) IS NOT NULL`,
+        );
+      }
+      query = query.forUpdate();
+    } else {
+      // One index probe in the common case: the second branch (a previous token) runs
+      // only when the current-token branch found nothing (LIMIT 1 stops the Append).
+      let current = db
+        .selectFrom('sessions.session')
+        .select(columns(sql<boolean | null>`NULL::boolean`))
+        .where('tenant_id', '=', tenantId)
+        .where('token_hash', '=', tokenHash);
+      let rotated = db
+        .selectFrom('sessions.session')
+        .select(columns(sql<boolean | null>`coalesce(${graceOfPrevious}, true)`))
+        .where('tenant_id', '=', tenantId)
+        .where('id', '=', previous.select('session_id'));
+      if (!options.includeEnded) {
+        current = current.where(live);
+        rotated = rotated.where(live);
+      }
+      query = current.unionAll(rotated).limit(1);
     }
-    if (options.forUpdate) query = query.forUpdate();
     const { rows, fromReplica } = await runner.read(query);
     let row = rows[0] as PresentedSessionRow | undefined;
     // A replica may not have replayed this session's creation or the client's own
