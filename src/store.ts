@@ -1,4 +1,4 @@
-import { type RawBuilder, sql } from 'kysely';
+import { type Compilable, type RawBuilder, sql } from 'kysely';
 import { queryBuilder as db, type StatementRunner } from './db/runner.js';
 import type { DataSnapshot } from './session.js';
 
@@ -265,7 +265,7 @@ export class SessionStore {
       ] as const;
     // NULL for the current token; for a previous one whether its grace lasts.
     const graceOfPrevious = sql<boolean>`(${previous.select(sql<boolean>`grace_expires_at > now()`.as('in_grace'))})`;
-    let query;
+    let query: Compilable<unknown>;
     if (options.forUpdate) {
       // Lock mode: the row is matched by id, found through its current token or a
       // previous one, so that a rotation that commits while this waits for the lock
@@ -277,7 +277,7 @@ export class SessionStore {
         .where('token_hash', '=', tokenHash)
         .unionAll(previous.select('session_id as id'))
         .limit(1);
-      query = db
+      let locking = db
         .selectFrom('sessions.session')
         .select(
           columns(
@@ -287,14 +287,14 @@ export class SessionStore {
         )
         .where('tenant_id', '=', tenantId)
         .where('id', '=', sessionId);
-      if (!options.includeEnded) query = query.where(live);
+      if (!options.includeEnded) locking = locking.where(live);
       if (options.restoreStatementTimeout !== undefined) {
         // Uncorrelated: a one-time filter, run once before the scan, whatever it finds.
-        query = query.where(
+        locking = locking.where(
           sql<boolean>`(SELECT set_config('statement_timeout', ${options.restoreStatementTimeout}, true)) IS NOT NULL`,
         );
       }
-      query = query.forUpdate();
+      query = locking.forUpdate();
     } else {
       // One index probe in the common case: the second branch (a previous token) runs
       // only when the current-token branch found nothing (LIMIT 1 stops the Append).
