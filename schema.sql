@@ -211,14 +211,28 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM set_config('sessions.delete_reason', 'gc', true);
-  WITH doomed AS (
-    SELECT tenant_id, id FROM sessions.session
-     WHERE expires_at <= now() OR revoked_at IS NOT NULL
+  -- The rows are deleted by their ctid (a locked row keeps it until this transaction
+  -- ends): a join on the key could hash the whole table to find a few hundred rows.
+  WITH revoked AS (
+    SELECT ctid FROM sessions.session
+     WHERE revoked_at IS NOT NULL
+     ORDER BY revoked_at
+     LIMIT batch_size
+     FOR UPDATE SKIP LOCKED
+  ), expired AS (
+    SELECT ctid FROM sessions.session
+     WHERE expires_at <= now() AND revoked_at IS NULL
+     ORDER BY expires_at
      LIMIT batch_size
      FOR UPDATE SKIP LOCKED
   )
-  DELETE FROM sessions.session s USING doomed d
-   WHERE s.tenant_id = d.tenant_id AND s.id = d.id;
+  DELETE FROM sessions.session
+   WHERE ctid = ANY (ARRAY(
+     -- Read lazily: expired rows are locked only as far as the batch still has room.
+     SELECT ctid FROM revoked
+     UNION ALL
+     SELECT ctid FROM expired
+     LIMIT batch_size));
   GET DIAGNOSTICS deleted = ROW_COUNT;
   PERFORM set_config('sessions.delete_reason', '', true);
   RETURN deleted;
