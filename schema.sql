@@ -74,7 +74,7 @@ CREATE TABLE sessions.session (
     CONSTRAINT session_tenant_id_check CHECK (((tenant_id <> ''::text) AND (length(tenant_id) <= 200))),
     CONSTRAINT session_token_hash_check CHECK ((octet_length(token_hash) = 32)),
     CONSTRAINT session_user_agent_check CHECK ((length(user_agent) <= 1024))
-);
+) WITH (autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_scale_factor=0.05);
 CREATE INDEX session_expires_at_idx ON sessions.session USING btree (expires_at);
 CREATE INDEX session_revoked_at_idx ON sessions.session USING btree (revoked_at) WHERE (revoked_at IS NOT NULL);
 CREATE INDEX session_user_idx ON sessions.session USING btree (tenant_id, user_id) WHERE (user_id IS NOT NULL);
