@@ -106,7 +106,7 @@ CREATE TABLE sessions.session (
     CONSTRAINT session_tenant_id_check CHECK (((tenant_id <> ''::text) AND (length(tenant_id) <= 200))),
     CONSTRAINT session_token_hash_check CHECK ((octet_length(token_hash) = 32)),
     CONSTRAINT session_user_agent_check CHECK ((length(user_agent) <= 1024))
-);
+) WITH (autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_scale_factor=0.05);
 CREATE INDEX session_expires_at_idx ON sessions.session USING btree (expires_at);
 CREATE INDEX session_revoked_at_idx ON sessions.session USING btree (revoked_at) WHERE (revoked_at IS NOT NULL);
 CREATE INDEX session_user_idx ON sessions.session USING btree (tenant_id, user_id) WHERE (user_id IS NOT NULL);
@@ -243,14 +243,28 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM set_config('sessions.delete_reason', 'gc', true);
-  WITH doomed AS (
-    SELECT tenant_id, id FROM sessions.session
-     WHERE expires_at <= now() OR revoked_at IS NOT NULL
+  -- The rows are deleted by their ctid (a locked row keeps it until this transaction
+  -- ends): a join on the key could hash the whole table to find a few hundred rows.
+  WITH revoked AS (
+    SELECT ctid FROM sessions.session
+     WHERE revoked_at IS NOT NULL
+     ORDER BY revoked_at
+     LIMIT batch_size
+     FOR UPDATE SKIP LOCKED
+  ), expired AS (
+    SELECT ctid FROM sessions.session
+     WHERE expires_at <= now() AND revoked_at IS NULL
+     ORDER BY expires_at
      LIMIT batch_size
      FOR UPDATE SKIP LOCKED
   )
-  DELETE FROM sessions.session s USING doomed d
-   WHERE s.tenant_id = d.tenant_id AND s.id = d.id;
+  DELETE FROM sessions.session
+   WHERE ctid = ANY (ARRAY(
+     -- Read lazily: expired rows are locked only as far as the batch still has room.
+     SELECT ctid FROM revoked
+     UNION ALL
+     SELECT ctid FROM expired
+     LIMIT batch_size));
   GET DIAGNOSTICS deleted = ROW_COUNT;
   PERFORM set_config('sessions.delete_reason', '', true);
   RETURN deleted;

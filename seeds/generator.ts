@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { GC_ACTOR } from '../src/jobs/garbage-collector.js';
 import { Random } from './random.js';
 
@@ -21,6 +22,18 @@ export interface SeedOptions {
   readonly tenants?: number;
   /** How many weeks of history end at `now`. @default 4 */
   readonly weeks?: number;
+  /**
+   * Only sessions still going at `now` (created within the idle timeout, none ended)
+   * instead of weeks of history: every seeded row is live, as a scale benchmark wants
+   * its table. `weeks` does not apply. @default false
+   */
+  readonly live?: boolean;
+  /**
+   * With `live`: how many of the sessions (spread evenly among them) had their idle
+   * timeout pass before `now` and wait for garbage collection, a collector's backlog.
+   * @default 0
+   */
+  readonly expired?: number;
   /** The end of the history: the database's clock when seeding. */
   readonly now: Date;
 }
@@ -30,6 +43,8 @@ export interface ResolvedSeedOptions {
   readonly seed: number;
   readonly tenants: readonly string[];
   readonly weeks: number;
+  readonly live: boolean;
+  readonly expired: number;
   /** Epoch milliseconds. */
   readonly now: number;
   readonly start: number;
@@ -127,6 +142,12 @@ export function resolveSeedOptions(options: SeedOptions): ResolvedSeedOptions {
   if (!Number.isInteger(weeks) || weeks < 1 || weeks > 52) {
     throw new RangeError(`weeks must be between 1 and 52, got ${weeks}`);
   }
+  const live = options.live ?? false;
+  const expired = options.expired ?? 0;
+  if (!Number.isInteger(expired) || expired < 0 || expired > options.sessions) {
+    throw new RangeError(`expired must be a whole number of at most sessions, got ${expired}`);
+  }
+  if (expired > 0 && !live) throw new RangeError('expired needs live: a history has its own');
   const now = options.now.getTime();
   if (!Number.isFinite(now)) throw new RangeError('now must be a valid date');
   return {
@@ -134,8 +155,11 @@ export function resolveSeedOptions(options: SeedOptions): ResolvedSeedOptions {
     seed: (options.seed ?? 20260101) >>> 0,
     tenants: TENANT_NAMES.slice(0, tenants),
     weeks,
+    live,
+    expired,
     now,
-    start: now - weeks * 7 * DAY,
+    // Live sessions were all created within the idle timeout (less the margin `finish` keeps).
+    start: live ? now - IDLE_TIMEOUT_MS + 2 * HOUR : now - weeks * 7 * DAY,
   };
 }
 
@@ -145,6 +169,47 @@ export function resolveSeedOptions(options: SeedOptions): ResolvedSeedOptions {
  */
 export function* seedSessions(options: SeedOptions | ResolvedSeedOptions): Generator<SeedSession> {
   const plan = 'start' in options ? options : resolveSeedOptions(options);
+  let index = 0;
+  for (const session of storySessions(plan)) {
+    // Session i is in the backlog when the running share of `expired` steps past it.
+    const backlog =
+      Math.floor(((index + 1) * plan.expired) / plan.sessions) >
+      Math.floor((index * plan.expired) / plan.sessions);
+    const withId = { ...session, id: sessionId(plan.seed, index) };
+    index++;
+    yield backlog ? expiredBefore(withId) : withId;
+  }
+}
+
+/**
+ * The id of the seed's session number `index`: unique by construction. Drawn from the
+ * per-user streams, ids repeated: every stream is a stretch of the same 2^32-long
+ * cycle, so a long one (a tenant's anonymous sessions) overlaps some others once there
+ * are a few hundred thousand sessions.
+ */
+function sessionId(seed: number, index: number): string {
+  const hex = createHash('sha256').update(`pg-sessions seed ${seed} ${index}`).digest('hex');
+  const variant = ((Number.parseInt(hex.slice(16, 17), 16) & 0x3) | 0x8).toString(16);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+/**
+ * A live session moved back in time by one idle timeout and a minute: it expired
+ * before `now` (its expiry was at most a day ahead) and GC has not collected it yet.
+ */
+function expiredBefore(session: SeedSession): SeedSession {
+  const shift = IDLE_TIMEOUT_MS + MINUTE;
+  return {
+    ...session,
+    boundAt: session.boundAt === null ? null : session.boundAt - shift,
+    createdAt: session.createdAt - shift,
+    lastSeenAt: session.lastSeenAt - shift,
+    idleExpiresAt: session.idleExpiresAt - shift,
+    absoluteExpiresAt: session.absoluteExpiresAt - shift,
+  };
+}
+
+function* storySessions(plan: ResolvedSeedOptions): Generator<SeedSession> {
   const counts = assignSessions(plan);
   for (const [tenantIndex, tenantId] of plan.tenants.entries()) {
     const perUser = counts[tenantIndex] as Int32Array;
@@ -243,7 +308,7 @@ function* userSessions(
     plans.push(planSession(plan, random, tenantId, userId, profile, ip));
   }
   // "Log out everywhere" after a password change: every session live at that moment.
-  if (count >= 6 && random.chance(0.25)) {
+  if (!plan.live && count >= 6 && random.chance(0.25)) {
     const at =
       plan.start + DAY + Math.floor(random.next() * (plan.now - plan.start - DAY - 2 * HOUR));
     const reason = random.pick(INCIDENT_REASONS);
@@ -332,6 +397,12 @@ function planSession(
       reason = revocation.reason;
       actor = revocation.actor === 'user' ? user : revocation.actor;
     }
+  }
+  if (plan.live) {
+    // Still going at `now`, whatever the roll said.
+    kind = 'expired';
+    endAt = Number.POSITIVE_INFINITY;
+    lastSeenAt = Math.min(lastSeenAt, plan.now);
   }
   return {
     tenantId,

@@ -1,10 +1,11 @@
-// `npm run seed -- --sessions N [--seed S] [--tenants T] [--weeks W] [--replace] [--url URL]`:
+// `npm run seed -- --sessions N [--seed S] [--tenants T] [--weeks W | --live [--expired E]] [--replace] [--url URL]`:
 // the seed without the CLI (the published `pg-sessions seed` calls the same loadSeed).
 import { parseArgs } from 'node:util';
 import { loadSeed, SeedError } from './load.js';
 
 const usage =
-  'usage: npm run seed -- --sessions N [--seed S] [--tenants T] [--weeks W] [--replace] [--url URL]\n' +
+  'usage: npm run seed -- --sessions N [--seed S] [--tenants T] [--weeks W | --live [--expired E]] [--replace] [--url URL]\n' +
+  '  --live: only sessions live now (no history); --expired E: E of them expired, awaiting GC\n' +
   '  the database is --url, else $DATABASE_URL; seeding needs a superuser\n';
 
 function whole(name: string, value: string | undefined): number | undefined {
@@ -20,6 +21,8 @@ try {
       seed: { type: 'string' },
       tenants: { type: 'string' },
       weeks: { type: 'string' },
+      live: { type: 'boolean', default: false },
+      expired: { type: 'string' },
       replace: { type: 'boolean', default: false },
       url: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -37,6 +40,8 @@ try {
     seed: whole('seed', values.seed),
     tenants: whole('tenants', values.tenants),
     weeks: whole('weeks', values.weeks),
+    live: values.live,
+    expired: whole('expired', values.expired),
     replace: values.replace,
     onProgress: progress
       ? ({ phase, done, total }) => process.stderr.write(`\r${phase} ${done}/${total}\x1b[K`)

@@ -39,7 +39,10 @@ export interface GcOptions {
   interval?: number;
   /** Rows deleted per transaction. @default 500 */
   batchSize?: number;
-  /** Batches per run at most. @default 1_000 */
+  /**
+   * Batches per run at most. Unlimited by default: a run drains the whole backlog, one
+   * short transaction per batch, so no backlog waits for the next interval. @default Infinity
+   */
   maxBatches?: number;
 }
 
@@ -330,7 +333,10 @@ export function resolveOptions(given: SessionOptions = {}): ResolvedOptions {
         : Object.freeze({
             interval: duration('gc.interval', options.gc?.interval, 300_000),
             batchSize: duration('gc.batchSize', options.gc?.batchSize, 500),
-            maxBatches: duration('gc.maxBatches', options.gc?.maxBatches, 1_000),
+            maxBatches:
+              options.gc?.maxBatches === undefined
+                ? Number.POSITIVE_INFINITY
+                : duration('gc.maxBatches', options.gc.maxBatches, 0),
           }),
     logger: options.logger ?? defaultLogger(),
     koa,

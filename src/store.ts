@@ -127,8 +127,17 @@ export interface PresentedSessionRow extends SessionRow {
 
 const interval = (ms: number) => sql<string>`make_interval(secs => ${ms / 1000})`;
 
-/** Live means: not revoked, and neither expiry passed by the database's clock. */
-const live = sql<boolean>`revoked_at IS NULL AND expires_at > now()`;
+/**
+ * Live means: not revoked, and neither expiry passed by the database's clock. Written
+ * as `expires_at`'s own definition, not the column: each statement is planned afresh,
+ * and `expires_at > now()` would make the planner read the actual end of
+ * session_expires_at_idx whenever now() lies outside the column's histogram (always,
+ * after a collection and ANALYZE). That end is where garbage collection has just left
+ * its dead entries, so every lookup would pay for them in planning until a VACUUM
+ * (issue 18). No index or statistic matches this expression, so its selectivity is a
+ * default, and the lookups stay index scans on their keys.
+ */
+const live = sql<boolean>`revoked_at IS NULL AND least(idle_expires_at, absolute_expires_at) > now()`;
 
 function returningRecord(expiry: ExpiryPolicy) {
   const { touchIntervalMs, rotateIntervalMs } = expiry;

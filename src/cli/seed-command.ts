@@ -11,6 +11,8 @@ interface SeedCommandOptions {
   readonly seed?: number;
   readonly tenants?: number;
   readonly weeks?: number;
+  readonly live?: boolean;
+  readonly expired?: number;
   readonly replace?: boolean;
   readonly url?: string;
 }
@@ -28,6 +30,12 @@ export function seedCommand(): Command {
     )
     .option('--tenants <n>', 'how many tenants (default: 6)', positiveInteger)
     .option('--weeks <n>', 'weeks of history ending now (default: 4)', wholeNumber(1, 52))
+    .option('--live', 'only sessions live now, no history (a table for scale benchmarks)')
+    .option(
+      '--expired <n>',
+      'with --live: how many of the sessions expired and await garbage collection',
+      wholeNumber(0),
+    )
     .option('--replace', "delete the seed tenants' sessions and events first")
     .option('--url <url>', 'database URL (default: $DATABASE_URL); needs a superuser')
     .addHelpText(
@@ -49,6 +57,8 @@ their historical times, so the triggers are skipped: that needs a superuser.`,
           seed: options.seed,
           tenants: options.tenants,
           weeks: options.weeks,
+          live: options.live,
+          expired: options.expired,
           replace: options.replace,
           onProgress: ({ phase, done, total }) =>
             phase === 'generating'

@@ -3,7 +3,7 @@ import { resolveConnectionConfig } from '../db/connection-config.js';
 
 /**
  * Schema `sessions` as SQL, every object with its definition: roles, the schema,
- * tables (columns, defaults, constraints, indexes, row-level security, policies),
+ * tables (columns, defaults, constraints, storage parameters, indexes, row-level security, policies),
  * functions with their bodies, triggers, views with their queries, ownership,
  * privileges and comments. Committed as schema.sql; the tests fail when a migration
  * changes the schema without it.
@@ -55,9 +55,16 @@ export async function schemaSnapshot(url: string, schema = 'sessions'): Promise<
     const of = (list: { rel: string; line: string }[], rel: string) =>
       list.filter((row) => row.rel === rel).map((row) => row.line);
 
-    for (const table of await rows<{ rel: string; rls: boolean; forced: boolean }>(TABLES)) {
+    for (const table of await rows<{
+      rel: string;
+      rls: boolean;
+      forced: boolean;
+      options: string | null;
+    }>(TABLES)) {
       const body = [...of(columns, table.rel), ...of(constraints, table.rel)];
-      out.push('', `CREATE TABLE ${table.rel} (\n    ${body.join(',\n    ')}\n);`);
+      // Storage parameters (autovacuum's, say) as pg_dump prints them.
+      const options = table.options ? ` WITH (${table.options})` : '';
+      out.push('', `CREATE TABLE ${table.rel} (\n    ${body.join(',\n    ')}\n)${options};`);
       out.push(...of(owners, table.rel), ...of(indexes, table.rel));
       if (table.rls) out.push(`ALTER TABLE ${table.rel} ENABLE ROW LEVEL SECURITY;`);
       if (table.forced) out.push(`ALTER TABLE ${table.rel} FORCE ROW LEVEL SECURITY;`);
@@ -146,7 +153,8 @@ const RELATIONS = `
  WHERE n.nspname = $1`;
 
 const TABLES = `
-SELECT format('%I.%I', n.nspname, c.relname) AS rel, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced
+SELECT format('%I.%I', n.nspname, c.relname) AS rel, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced,
+       (SELECT string_agg(o, ', ' ORDER BY o) FROM unnest(c.reloptions) o) AS options
 ${RELATIONS} AND c.relkind IN ('r', 'p')
  ORDER BY c.relname`;
 
