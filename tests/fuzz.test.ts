@@ -153,11 +153,17 @@ interface Answer {
   readonly setCookie: readonly string[];
 }
 
+/**
+ * One request. A kept-alive socket the server closed just as it was reused fails with
+ * ECONNRESET or a hang-up before any response: that request never reached the app, and
+ * is sent again once on a fresh socket (Node's documented `reusedSocket` retry).
+ */
 function send(
   agent: Agent,
   url: URL,
   method: string,
   headers: Record<string, string>,
+  retried = false,
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const outgoing = request(url, { method, headers, agent }, (response) => {
@@ -169,7 +175,14 @@ function send(
         }),
       );
     });
-    outgoing.once('error', reject);
+    outgoing.once('error', (error: NodeJS.ErrnoException) => {
+      const raced = error.code === 'ECONNRESET' || error.message === 'socket hang up';
+      if (outgoing.reusedSocket && raced && !retried) {
+        resolve(send(agent, url, method, headers, true));
+      } else {
+        reject(error);
+      }
+    });
     outgoing.end();
   });
 }

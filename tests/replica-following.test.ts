@@ -224,7 +224,16 @@ test.serial(
     t.true(behind?.ahead, 'the stray replica is past the real primary by WAL position');
     const writerApp = await appOn({ hosts: urls(hosts, MONITOR_ROLE) });
     const reader = await appOn({ hosts: urls(hosts, MONITOR_ROLE) });
-    await pollUntil('replica2 in rotation', 5_000, () => inRotation(reader.router, replica2.port));
+    // Both routers have checked every host (a loaded machine may take a few checks).
+    for (const { router } of [writerApp, reader]) {
+      await pollUntil(
+        'every host checked and replica2 in rotation',
+        15_000,
+        () =>
+          router.state().every((host) => host.role !== 'unknown') &&
+          inRotation(router, replica2.port),
+      );
+    }
     for (const { router } of [writerApp, reader]) {
       t.is(hostState(router, primary.port)?.role, 'primary', 'the former primary claims the role');
       t.is(hostState(router, primary.port)?.timeline, 1);
