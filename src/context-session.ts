@@ -97,6 +97,10 @@ export class ContextSession {
   #ended: SessionEnd | undefined;
   /** Statements on the pool, also while `#runner` is the request's transaction. */
   readonly #poolRunner: StatementRunner;
+  /** The request's transaction, when it has one. */
+  #transactionRunner: TransactionRunner | undefined;
+  /** Who the event log names for a write, given the bound user. */
+  readonly #actor: (userId: string | null) => string;
   /** genid's non-secret label before the token in the key handed out. */
   #label: string | undefined;
   /** What ctx.session asks of this request: maxAge default, regenerate, manual commit. */
@@ -110,6 +114,7 @@ export class ContextSession {
     readonly presented: PresentedToken,
     actor: (userId: string | null) => string,
   ) {
+    this.#actor = actor;
     this.#runner = engine.runner(
       () => ({ tenant: tenantId, actor: actor(this.userId) }),
       () => this.#fence,
@@ -285,10 +290,23 @@ export class ContextSession {
 
   // --- request transactions ---------------------------------------------------
 
-  /** From now on every statement runs in the request's transaction. */
-  useTransaction(trx: Transaction<SessionsDatabase>): void {
-    this.#runner = new TransactionRunner(trx, this.engine.metrics);
+  /**
+   * From now on every statement runs in the request's transaction. `settings` (the
+   * transaction's set_config statements) travel with its first statement; {@link settle}
+   * sends them if the load did not.
+   */
+  useTransaction(trx: Transaction<SessionsDatabase>, settings: string): void {
+    this.#transactionRunner = new TransactionRunner(trx, this.engine.metrics, {
+      prelude: settings,
+      actor: () => this.#actor(this.userId),
+    });
+    this.#runner = this.#transactionRunner;
     this.#inTransaction = true;
+  }
+
+  /** The request transaction's settings are in effect (before the handler's own SQL). */
+  async settle(): Promise<void> {
+    await this.#transactionRunner?.settle();
   }
 
   /**
@@ -308,7 +326,7 @@ export class ContextSession {
    * is not locking and the cached version is at least the client's fence (the version it
    * last wrote, through any process), else with one statement (which then fills the cache).
    */
-  async load(forUpdate = false, restoreStatementTimeout?: string): Promise<void> {
+  async load(forUpdate = false): Promise<void> {
     const token = this.presented.token;
     if (!token) return;
     const tokenHash = hashToken(token);
@@ -358,7 +376,8 @@ export class ContextSession {
       this.engine.store.loadPresented(this.#runner, this.tenantId, tokenHash, {
         forUpdate,
         minVersion,
-        restoreStatementTimeout,
+        // The middleware lengthened statement_timeout for the lock wait (see there).
+        restoreStatementTimeout: forUpdate,
       }),
     );
     metrics.time('load', startedAt);
