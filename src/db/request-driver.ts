@@ -12,6 +12,7 @@ import {
   NOTIFY_DEFERRED,
   NOTIFY_FAILED_IN_SQL,
   type NotifyFailureHandler,
+  notifiedOf,
   sendThroughCommit,
 } from './runner.js';
 import { endsConnection } from './sqlstate.js';
@@ -113,8 +114,8 @@ class RequestConnection implements DatabaseConnection {
     try {
       reply = await sendThroughCommit(
         this.client,
-        `COMMIT; SELECT ${NOTIFY_DEFERRED} AS notified`,
-        'notified',
+        `COMMIT; SELECT true AS committed; SELECT ${NOTIFY_DEFERRED} AS notified`,
+        'committed',
       );
     } catch (error) {
       if (endsConnection(error)) this.#broken = error as Error;
@@ -125,7 +126,7 @@ class RequestConnection implements DatabaseConnection {
     if (reply.afterCommitError !== undefined) {
       if (endsConnection(reply.afterCommitError)) this.#broken = reply.afterCommitError as Error;
       notifyFailed(reply.afterCommitError);
-    } else if (reply.committed.notified === false) {
+    } else if (notifiedOf(reply.rowSets) === false) {
       notifyFailed(new Error(NOTIFY_FAILED_IN_SQL));
     }
   }

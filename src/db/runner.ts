@@ -145,10 +145,8 @@ export class PoolRunner implements StatementRunner {
     query: Compilable<Row> | CompiledQuery<Row>,
     options: WriteOptions = {},
   ): Promise<StatementResult<Row>> {
-    const after = options.notifyAfterCommit
-      ? `pg_current_wal_lsn()::text AS lsn, ${NOTIFY_DEFERRED} AS notified`
-      : 'pg_current_wal_lsn()::text AS lsn';
-    const text = `BEGIN; ${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}; COMMIT; SELECT ${after}`;
+    const flush = options.notifyAfterCommit ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
+    const text = `BEGIN; ${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}; COMMIT; SELECT pg_current_wal_lsn()::text AS lsn${flush}`;
     const client = await checkout(this.writePool());
     this.counter?.roundTrip();
     let reply: CommitReply;
@@ -174,10 +172,10 @@ export class PoolRunner implements StatementRunner {
         : undefined,
     );
     if (afterCommitError !== undefined) this.notifyFailed(afterCommitError);
-    else if (committed.notified === false) this.notifyFailed(new Error(NOTIFY_FAILED_IN_SQL));
-    // Row sets: the settings, the statement's rows (when it returned any), the lsn.
-    const rows = (rowSets.length > 2 ? rowSets[1] : []) as Row[];
-    return { rows, fence: committed.lsn as string | undefined };
+    else if (notifiedOf(rowSets) === false) this.notifyFailed(new Error(NOTIFY_FAILED_IN_SQL));
+    // Row sets: the settings, the statement's rows (when it returned any), the lsn, the flush.
+    const rows = (rowSets.indexOf(committed.rows) === 2 ? rowSets[1] : []) as Row[];
+    return { rows, fence: committed.row.lsn as string | undefined };
   }
 
   private async send(pool: pg.Pool, text: string, explicitTransaction: boolean) {
@@ -205,12 +203,28 @@ export class PoolRunner implements StatementRunner {
 export const NOTIFY_FAILED_IN_SQL =
   'sessions.notify_deferred() could not send the deferred notifications (see the server log)';
 
+/** What `notify_deferred()` answered in a message's rows (undefined when it did not run). */
+export function notifiedOf(rowSets: readonly Record<string, unknown>[][]): boolean | undefined {
+  for (const rows of rowSets) {
+    const row = rows[0];
+    if (row && 'notified' in row) return row.notified as boolean;
+  }
+  return undefined;
+}
+
 /** The rows of a message that runs through a COMMIT, collected as they arrive. */
 export interface CommitReply {
   /** Rows of each statement that returned any, in order. */
   readonly rowSets: readonly Record<string, unknown>[][];
-  /** The first row that has the marker column: it comes from after the COMMIT. */
-  readonly committed: Record<string, unknown>;
+  /**
+   * The first row that has the marker column, and its statement's rows: it comes from a
+   * statement after the COMMIT (give it a statement of its own, before anything that can
+   * fail: an error is raised before the failing statement's first row).
+   */
+  readonly committed: {
+    readonly row: Record<string, unknown>;
+    readonly rows: Record<string, unknown>[];
+  };
   /** An error after that row: the transaction committed, what followed did not. */
   readonly afterCommitError?: unknown;
   /** The command tags of the statements (known only when no error came). */
@@ -232,9 +246,10 @@ export function sendThroughCommit(
   return new Promise((resolve, reject) => {
     const rowSets: Record<string, unknown>[][] = [];
     let current: unknown;
-    let committed: Record<string, unknown> | undefined;
-    const query = new pg.Query(text, (error: Error | undefined, results: unknown) => {
-      if (error === undefined) {
+    let committed: CommitReply['committed'] | undefined;
+    // node-postgres calls back with `null` for no error.
+    const query = new pg.Query(text, (error: Error | null | undefined, results: unknown) => {
+      if (!error) {
         const list = (Array.isArray(results) ? results : [results]) as pg.QueryResult[];
         const commands = list.map((result) => result.command);
         if (committed) resolve({ rowSets, committed, commands });
@@ -250,8 +265,9 @@ export function sendThroughCommit(
         current = result;
         rowSets.push([]);
       }
-      rowSets.at(-1)?.push(row);
-      if (committed === undefined && marker in row) committed = row;
+      const rows = rowSets.at(-1)!;
+      rows.push(row);
+      if (committed === undefined && marker in row) committed = { row, rows };
     });
     client.query(query);
   });
