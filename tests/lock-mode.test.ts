@@ -141,22 +141,25 @@ test('lock mode: a request without a cookie that writes creates its session in o
   t.true(rows.some((row) => row.data.written === true));
 });
 
-test.serial('lock mode: 200 concurrent increments of one session serialise, none lost', async (t) => {
-  const app = await lockApp();
-  t.teardown(() => app.close());
-  const browser = new Browser(app.url);
-  await browser.post('/init');
-  const responses = await Promise.all(
-    Array.from({ length: 200 }, () => browser.clone().post('/increment')),
-  );
-  t.deepEqual(
-    responses.filter((response) => response.status !== 200).map((response) => response.body),
-    [],
-  );
-  t.like((await browser.get('/xid')).body, { counter: 200 });
-  const rows = await sessionRows(admin);
-  t.true(rows.some((row) => row.data.counter === 200));
-});
+test.serial(
+  'lock mode: 200 concurrent increments of one session serialise, none lost',
+  async (t) => {
+    const app = await lockApp();
+    t.teardown(() => app.close());
+    const browser = new Browser(app.url);
+    await browser.post('/init');
+    const responses = await Promise.all(
+      Array.from({ length: 200 }, () => browser.clone().post('/increment')),
+    );
+    t.deepEqual(
+      responses.filter((response) => response.status !== 200).map((response) => response.body),
+      [],
+    );
+    t.like((await browser.get('/xid')).body, { counter: 200 });
+    const rows = await sessionRows(admin);
+    t.true(rows.some((row) => row.data.counter === 200));
+  },
+);
 
 test('lock mode: a request that only reads takes no transaction id, so its commit waits for no WAL flush', async (t) => {
   const app = await lockApp();
