@@ -84,7 +84,7 @@ export class ContextSession {
    * knew the new one, and must not send the old one again).
    */
   #inGrace = false;
-  /** A rotated-away token presented after its grace, found under this request's row lock: revoked once the transaction ends. */
+  /** A rotated-away token presented after its grace, found under this request's session lock: revoked once the transaction ends. */
   #stolenPending: { tokenHash: Buffer; record: SessionRecord } | undefined;
   /** bindUser(): the user to write (null unbinds), undefined when unchanged. */
   #pendingUserId: string | null | undefined;
@@ -311,7 +311,7 @@ export class ContextSession {
 
   /**
    * After the request's transaction ended (committed or not): a stolen token found
-   * under its row lock is revoked now, on the pool, whatever the handler did.
+   * under its session lock is revoked now, on the pool, whatever the handler did.
    */
   async afterTransaction(): Promise<void> {
     const stolen = this.#stolenPending;
@@ -386,7 +386,7 @@ export class ContextSession {
       if (rotatedAway === 'reused') {
         // A token rotated away longer ago than the grace period: a copy. The presenter
         // gets a fresh session; the session is revoked everywhere (after this request's
-        // transaction when this request holds its row lock).
+        // transaction when this request holds its session lock).
         if (forUpdate) this.#stolenPending = { tokenHash, record: current };
         else await this.#revokeStolen(tokenHash, current);
         return;
