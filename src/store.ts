@@ -306,7 +306,7 @@ export class SessionStore {
             'locked',
           ),
         );
-      let locked = db
+      let locking = db
         .selectFrom('sessions.session')
         .select(
           columns(
@@ -316,7 +316,7 @@ export class SessionStore {
         )
         .where('tenant_id', '=', tenantId)
         .where('id', '=', sessionId);
-      if (!options.includeEnded) locked = locked.where(live);
+      if (!options.includeEnded) locking = locking.where(live);
       // The lock wait ran with lockTimeout + statementTimeout (the middleware's
       // settings); the statements after it get the statement_timeout saved before.
       const restore = options.restoreStatementTimeout
@@ -325,7 +325,7 @@ export class SessionStore {
           ]
         : [];
       query = CompiledQuery.raw(
-        [inlineParameters(lock.compile()), ...restore, inlineParameters(locked.compile())].join(
+        [inlineParameters(lock.compile()), ...restore, inlineParameters(locking.compile())].join(
           '; ',
         ),
       );
