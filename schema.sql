@@ -347,7 +347,9 @@ CREATE OR REPLACE FUNCTION sessions.log_update()
 AS $function$
 DECLARE
   actor text := coalesce(nullif(current_setting('sessions.actor', true), ''), session_user::text);
+  defer boolean := coalesce(current_setting('sessions.defer_notify', true) = 'on', false);
   entries jsonb;
+  deferred jsonb;
 BEGIN
   WITH changed AS MATERIALIZED (
     SELECT n.tenant_id, n.id, n.user_id, n.version, o.token_hash AS old_hash,
@@ -385,10 +387,25 @@ BEGIN
            ) AS e(kind, keys, reason, happened)
      WHERE e.happened
   )
+  -- Only a change of data alone may wait for notify_deferred (see there).
   SELECT jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
-    INTO entries FROM changed;
+           FILTER (WHERE NOT (defer AND data_only)),
+         jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
+           FILTER (WHERE defer AND data_only)
+    INTO entries, deferred
+    FROM (SELECT c.*, c.changed_keys IS NOT NULL AND NOT (c.rotated OR c.bound OR c.revoked)
+                      AND cardinality(c.altered) = 0 AS data_only
+            FROM changed c) AS classified;
   IF entries IS NOT NULL THEN
     PERFORM sessions.notify_changes('update', entries);
+  END IF;
+  IF deferred IS NOT NULL THEN
+    PERFORM set_config('sessions.notify_pending',
+      (coalesce(nullif(current_setting('sessions.notify_pending', true), '')::jsonb, '[]') || deferred)::text,
+      false);
+  END IF;
+  IF defer THEN
+    PERFORM set_config('sessions.defer_notify', '', true);
   END IF;
   RETURN NULL;
 END
@@ -450,6 +467,32 @@ END
 $function$;
 REVOKE EXECUTE ON FUNCTION sessions.notify_changes(text,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.notify_changes(text,jsonb) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.notify_changes(text,jsonb) TO sessions_app;
+
+CREATE OR REPLACE FUNCTION sessions.notify_deferred()
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+  pending text := current_setting('sessions.notify_pending', true);
+BEGIN
+  IF pending IS NULL OR pending = '' THEN
+    RETURN true;
+  END IF;
+  PERFORM set_config('sessions.notify_pending', '', false);
+  BEGIN
+    PERFORM sessions.notify_changes('update', pending::jsonb);
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pg-sessions: deferred session notifications not sent: %', SQLERRM;
+    RETURN false;
+  END;
+  RETURN true;
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.notify_deferred() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.notify_deferred() TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.notify_deferred() TO sessions_app;
 
 CREATE OR REPLACE FUNCTION sessions.prune_events(older_than interval, batch_size integer DEFAULT 5000)
  RETURNS integer

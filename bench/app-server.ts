@@ -16,6 +16,7 @@ import { createSession } from 'koa-session';
 import { ReplicaRouter, type RouterCounters } from '../src/db/replica-router.js';
 import { type SessionMiddleware, sessions } from '../src/index.js';
 import { type Message, serveRunner, tellRunner } from './child.js';
+import { redisStore } from './redis-store.js';
 import { ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
 
 /** What the runner asks for before and after each measured run. */
@@ -31,6 +32,7 @@ export interface AppStats extends Message {
     readonly cacheMisses: number;
     readonly loads: number;
     readonly saves: number;
+    readonly creates: number;
   };
   /** The replica router's counters (replica benchmark only). */
   readonly router?: RouterCounters;
@@ -59,7 +61,9 @@ let router: ReplicaRouter | undefined;
 async function startSessions(database: string | ReplicaRouter): Promise<SessionMiddleware> {
   const started = sessions({
     database,
-    cache: variant === 'pg-sessions-cache' ? {} : false,
+    // Lock mode keeps the cache (its requests read under the lock, never from it).
+    cache: variant === 'pg-sessions-nocache' ? false : {},
+    mode: variant === 'pg-sessions-lock' ? 'lock' : 'merge',
     // Nothing expires during a run; a collector waking up mid-cell would only add noise.
     gc: false,
   });
@@ -95,9 +99,15 @@ async function useTopology(topology: Topology): Promise<void> {
   await previousRouter?.close();
 }
 
+let closeRedis: (() => Promise<void>) | undefined;
 if (variant === 'koa-session') {
   // koa-session's default store: the whole session in a signed cookie.
   app.use(createSession({ key: 'sid', signed: true, maxAge: 86_400_000 }, app));
+} else if (variant === 'koa-session-redis') {
+  // What users choose for several app servers: koa-session with a Redis store.
+  const redis = redisStore(process.env.REDIS_URL);
+  closeRedis = redis.close;
+  app.use(createSession({ key: 'sid', signed: true, maxAge: 86_400_000, store: redis.store }, app));
 } else if (variant !== 'bare') {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error('DATABASE_URL must name the database of a pg-sessions variant');
@@ -161,6 +171,7 @@ serveRunner(
         cacheMisses: snapshot.cacheMisses,
         loads: snapshot.loads,
         saves: snapshot.saves,
+        creates: snapshot.creates,
       },
       ...(router ? { router: { ...router.counters } } : {}),
     } satisfies AppStats;
@@ -170,6 +181,7 @@ serveRunner(
     await new Promise((resolve) => server.close(resolve));
     await middleware?.close();
     await router?.close();
+    await closeRedis?.();
   },
 );
 tellRunner({ type: 'ready', port: (server.address() as AddressInfo).port });

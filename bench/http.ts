@@ -5,6 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import type { TestDatabase } from '../src/testing/index.js';
 import type { AppStats } from './app-server.js';
 import { Child, type Message } from './child.js';
+import { DbProbe } from './db-probe.js';
 import type { LoadResult, LoadRun } from './load.js';
 import { VARIANTS, type Variant } from './variants.js';
 
@@ -27,12 +28,15 @@ export interface HttpSettings {
   readonly appNodeOptions: readonly string[];
   /** A fixed number of requests per cell instead of the duration (the smoke run). */
   readonly amount?: number;
+  /** Times every variant runs every mix, one round after the other (ranges in the report). */
+  readonly rounds: number;
 }
 
 /** One variant under one mix. */
 export interface HttpCell {
   readonly variant: Variant;
   readonly mix: MixName;
+  readonly round: number;
   readonly requests: number;
   readonly requestsPerSecond: number;
   readonly latencyMs: LoadResult['latencyMs'];
@@ -53,6 +57,10 @@ export interface HttpCell {
   readonly cpuCores: { readonly app: number; readonly postgres?: number; readonly load: number };
   /** App CPU time per request, in microseconds. */
   readonly appCpuMicrosPerRequest: number;
+  /** pg-sessions only, from PostgreSQL's statistics: WAL fsyncs per session write (create or save). */
+  readonly fsyncsPerWrite?: number;
+  /** pg-sessions only: share of the database's sampled active backends waiting on Lock:object. */
+  readonly lockObjectShare?: number;
 }
 
 /** Where the databases come from: a fresh migrated one per pg-sessions variant. */
@@ -71,8 +79,16 @@ export async function runHttpBench(
 ): Promise<HttpCell[]> {
   const cells: HttpCell[] = [];
   const crashed: string[] = [];
-  for (const variant of VARIANTS) {
+  for (let round = 1; round <= settings.rounds; round++) {
+    for (const variant of VARIANTS) {
+      await runVariant(round, variant);
+    }
+  }
+  async function runVariant(round: number, variant: Variant): Promise<void> {
     const database = variant.startsWith('pg-sessions') ? await databases.create() : undefined;
+    const probe = database
+      ? await DbProbe.open(database.url, settings.amount === undefined)
+      : undefined;
     const app = Child.start('./app-server.ts', {
       env: { BENCH_VARIANT: variant, ...(database ? { DATABASE_URL: database.appUrl } : {}) },
       nodeOptions: settings.appNodeOptions,
@@ -94,16 +110,37 @@ export async function runHttpBench(
         if (settings.warmupSeconds > 0) {
           await load.ask(run(settings.warmupSeconds), 'result');
         }
+        await probe?.begin();
         const measured = await measureRun(load, app, run(settings.durationSeconds), () =>
           postgresCpuMicros(databases.postmasterPid),
         );
+        const activity = await probe?.end();
         const { result } = measured;
+        const cell = measure(variant, mix.name, result, measured.before, measured.after);
+        const { before, after } = measured;
+        const writes =
+          before.metrics && after.metrics
+            ? after.metrics.saves -
+              before.metrics.saves +
+              after.metrics.creates -
+              before.metrics.creates
+            : 0;
         cells.push({
-          ...measure(variant, mix.name, result, measured.before, measured.after),
+          ...cell,
+          round,
           cpuCores: measured.cpuCores,
+          ...(activity
+            ? {
+                fsyncsPerWrite: writes > 0 ? activity.walFsyncs / writes : Number.NaN,
+                lockObjectShare: activity.lockObjectShare,
+              }
+            : {}),
         });
         log(
-          `${variant} ${mix.name}: ${Math.round(result.requestsPerSecond)} req/s, p99 ${result.latencyMs.p99} ms` +
+          `round ${round}, ${variant} ${mix.name}: ${Math.round(result.requestsPerSecond)} req/s, p99 ${result.latencyMs.p99} ms` +
+            (activity && writes > 0
+              ? `, ${(activity.walFsyncs / writes).toFixed(2)} fsyncs/write, Lock:object ${(activity.lockObjectShare * 100).toFixed(0)} %`
+              : '') +
             (result.non2xx + result.errors > 0
               ? `, ${result.non2xx} non-2xx, ${result.errors} errors`
               : ''),
@@ -112,12 +149,15 @@ export async function runHttpBench(
     } finally {
       const code = await app.stop();
       if (code !== 0) crashed.push(`${variant}: the app process exited with code ${code}`);
+      await probe?.close();
       await database?.drop();
     }
   }
   if (crashed.length > 0) throw new Error(crashed.join('; '));
   for (const cell of cells) {
-    const bare = cells.find((other) => other.variant === 'bare' && other.mix === cell.mix);
+    const bare = cells.find(
+      (other) => other.variant === 'bare' && other.mix === cell.mix && other.round === cell.round,
+    );
     cell.ratioToBare = bare ? cell.requestsPerSecond / bare.requestsPerSecond : Number.NaN;
   }
   return cells;
@@ -166,7 +206,7 @@ function measure(
   result: LoadResult,
   before: AppStats,
   after: AppStats,
-): Omit<HttpCell, 'cpuCores'> {
+): Omit<HttpCell, 'cpuCores' | 'round'> {
   const cell = {
     variant,
     mix,
@@ -190,7 +230,7 @@ function measure(
     ...cell,
     roundTripsPerRequest:
       requests > 0 ? (after.metrics.roundTrips - before.metrics.roundTrips) / requests : Number.NaN,
-    ...(variant === 'pg-sessions-cache'
+    ...(variant === 'pg-sessions-cache' || variant === 'pg-sessions-lock'
       ? { cacheHitRatio: lookups > 0 ? hits / lookups : Number.NaN }
       : {}),
   };

@@ -1,12 +1,16 @@
 // Notification-to-eviction latency between two processes. Process A (this one, the
-// runner) changes sessions with plain SQL as the application role: it updates one,
-// revokes the next, deletes the third, each in its own transaction. Process B
+// runner) changes sessions as the application role: with plain SQL it updates one,
+// revokes the next, deletes the third, each in its own transaction (notifying inside
+// the commit); the fourth it changes through the middleware's own store, whose data
+// write notifies from the statement after its COMMIT, in the same message (deferred). Process B
 // (bench/eviction-probe.ts) caches those sessions and reports when its listener
 // applied the notification. The latency runs from the moment A sends COMMIT to the
 // moment B's cache has evicted the entry, both read from `performance.timeOrigin +
 // performance.now()` (one machine, one clock). Then B's next request must see the
 // change: the new value, or no session at all.
 import pg from 'pg';
+import { SessionEngine } from '../src/engine.js';
+import { resolveOptions } from '../src/options.js';
 import type { TestDatabase } from '../src/testing/index.js';
 import { Child, type Message } from './child.js';
 import type { Applied } from './eviction-probe.js';
@@ -15,7 +19,7 @@ export interface NotifySettings {
   readonly samples: number;
 }
 
-const OPERATIONS = ['update', 'revoke', 'delete'] as const;
+const OPERATIONS = ['update', 'revoke', 'delete', 'deferred'] as const;
 type Operation = (typeof OPERATIONS)[number];
 
 export interface Distribution {
@@ -54,6 +58,11 @@ export async function runNotifyLatency(
   const probe = Child.start('./eviction-probe.ts', { env: { DATABASE_URL: database.appUrl } });
   const a = new pg.Client({ connectionString: database.appUrl, application_name: 'bench:A' });
   await a.connect();
+  const engine = new SessionEngine(
+    resolveOptions({ database: database.appUrl, cache: false, gc: false }),
+  );
+  await engine.start();
+  const runner = engine.runner({ tenant: 'default', actor: 'bench:A' });
   try {
     const { port } = await probe.next<Message & { port: number }>('ready');
     const url = `http://127.0.0.1:${port}`;
@@ -65,6 +74,28 @@ export async function runNotifyLatency(
       const operation = OPERATIONS[index % OPERATIONS.length] ?? 'update';
       const applied = waitForChange(probe, session.id, operation);
       applied.catch(() => {}); // awaited below; a failure before that must not go unhandled
+      if (operation === 'deferred') {
+        const committing = clock();
+        const { record } = await engine.store.saveDelta(runner, {
+          tenantId: 'default',
+          id: session.id,
+          patch: { bumped: index },
+          removed: [],
+        });
+        if (!record) throw new Error(`the deferred write of ${session.id} matched no row`);
+        const committed = clock();
+        const evicted = await applied;
+        samples.push({
+          operation,
+          latencyMs: evicted.at - committing,
+          commitMs: committed - committing,
+        });
+        if (!evicted.evicted) notEvicted++;
+        const next = await fetch(`${url}/read`, { headers: { cookie: session.cookie } });
+        const body = (await next.json().catch(() => undefined)) as { bumped?: unknown } | undefined;
+        if (body?.bumped !== index) staleReads++;
+        continue;
+      }
       await a.query('BEGIN');
       await a.query(
         `SELECT set_config('sessions.tenant', 'default', true), set_config('sessions.actor', 'bench:A', true)`,
@@ -106,12 +137,17 @@ export async function runNotifyLatency(
     };
   } finally {
     await a.end();
+    await engine.close();
     await probe.stop();
   }
 }
 
 /** A's change: the statement the application, the CLI or an operator would run. */
-function statement(operation: Operation, id: string, index: number): pg.QueryConfig {
+function statement(
+  operation: Exclude<Operation, 'deferred'>,
+  id: string,
+  index: number,
+): pg.QueryConfig {
   switch (operation) {
     case 'update':
       return {

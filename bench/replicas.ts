@@ -26,7 +26,7 @@ export const REPLICA_CELLS = [
 /** Replicas the cluster runs (all streaming in every cell; the router reads from some). */
 export const CLUSTER_REPLICAS = 2;
 
-export type ReplicaSettings = Omit<HttpSettings, 'appNodeOptions'>;
+export type ReplicaSettings = Omit<HttpSettings, 'appNodeOptions' | 'rounds'>;
 
 export interface ReplicaCell {
   readonly name: string;

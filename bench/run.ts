@@ -11,7 +11,8 @@
 //
 // Options: --only <part,…>, --duration <s> per measured cell (default 10; replicas 8),
 // --warmup <s> (default 3; replicas 2), --sessions <n> (1000), --connections <n> (32),
-// --samples <n> notification samples (300), --cpu-prof (CPU profiles of the HTTP app
+// --samples <n> notification samples (300), --rounds <n> rounds of every HTTP cell (2;
+// the write ceiling runs 3 rounds of its three cells), --cpu-prof (CPU profiles of the HTTP app
 // processes, written to a temporary folder; such a run does not update RESULTS.md).
 // PostgreSQL: PG_TEST_URL uses that server for http and notify; PG_TEST_BACKEND=testcontainers
 // a container; else a local server from PG_BIN_DIR's binaries or the embedded ones, run
@@ -62,6 +63,7 @@ const { values: args } = parseArgs({
     sessions: { type: 'string' },
     connections: { type: 'string' },
     samples: { type: 'string' },
+    rounds: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
   },
 });
@@ -97,6 +99,7 @@ const http: HttpSettings = {
   durationSeconds: count('duration', args.duration, smoke ? 1 : 10),
   warmupSeconds: count('warmup', args.warmup, smoke ? 0 : 3, 0),
   appNodeOptions: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
+  rounds: count('rounds', args.rounds, smoke ? 1 : 2),
   ...(smoke && args.duration === undefined ? { amount: smokeRequests } : {}),
 };
 const replicas: ReplicaSettings = {
@@ -187,10 +190,16 @@ async function runSingleServerParts(
       : undefined;
     let writeCeiling: WriteCeiling | undefined;
     if (parts.includes('http')) {
-      writeCeiling = await onFreshDatabase((database) => runWriteCeiling(http, database));
-      log(
-        `write ceiling: ${Math.round(writeCeiling.writesPerSecond)} session writes/s, p99 ${writeCeiling.latencyMs.p99.toFixed(1)} ms`,
+      writeCeiling = await runWriteCeiling(
+        { ...http, rounds: smoke ? 1 : 3 },
+        { create: () => createTestDatabase() },
+        smoke,
       );
+      for (const cell of writeCeiling.cells) {
+        log(
+          `write ceiling, round ${cell.round}, ${cell.kind}: ${Math.round(cell.writesPerSecond)} writes/s, p99 ${cell.latencyMs.p99.toFixed(1)} ms, ${cell.fsyncsPerWrite.toFixed(2)} fsyncs/write, Lock:object ${(cell.lockObjectShare * 100).toFixed(0)} %`,
+        );
+      }
     }
     let notifyResult: NotifyResult | undefined;
     if (parts.includes('notify')) {

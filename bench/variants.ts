@@ -4,8 +4,10 @@
 export const VARIANTS = [
   'bare',
   'koa-session',
+  'koa-session-redis',
   'pg-sessions-nocache',
   'pg-sessions-cache',
+  'pg-sessions-lock',
 ] as const;
 export type Variant = (typeof VARIANTS)[number];
 

@@ -7,6 +7,7 @@
 --   session_log_insert    AFTER INSERT, each statement log_insert()   'created'
 --   session_log_update    AFTER UPDATE, each statement log_update()   'rotated', 'user_bound',
 --                                                      'revoked', 'updated', 'altered'; notify
+--                                                      (or defer, see notify_deferred)
 --   session_log_delete    AFTER DELETE, each statement log_delete()   'destroyed', 'expired',
 --                                                      'purged'; notify
 --
@@ -110,6 +111,49 @@ BEGIN
 END
 $$;
 
+-- Deferred notification. PostgreSQL serialises every transaction that queued a NOTIFY
+-- on one cluster-wide lock (PreCommit_Notify), held through its commit's WAL flush:
+-- notifying writes lose group commit. So the middleware's ordinary data writes do not
+-- notify inside their commit. Such a statement sets `sessions.defer_notify` to 'on'
+-- (transaction-local, never for a connection); log_update then queues the entries of
+-- rows whose only content change is `data` in `sessions.notify_pending`, a setting made
+-- with is_local = false inside the transaction: a rollback (or a rolled-back savepoint)
+-- takes it back, a commit keeps it for the next statement of the same message,
+-- `COMMIT; SELECT sessions.notify_deferred()`. That transaction only notifies: it writes
+-- no WAL before its commit record, so it never waits for a flush. The server has the
+-- whole message, so a client that dies after sending it still notifies.
+--
+-- Everything else notifies inside its commit, deferral asked or not: rotation, user
+-- binding, revocation, any other column, every delete, every statement that did not
+-- ask (the CLI, the garbage collector, hand-written SQL). The request is consumed by
+-- the statement that made it: later statements of the transaction notify as usual.
+--
+-- Sends the queued entries and clears the queue. Never raises for what it can catch:
+-- it returns false (and warns) instead, so that a write that committed is never
+-- reported as failed. An error at this transaction's own commit (a full notification
+-- queue) can still reach the client after the write's COMMIT: the middleware counts it
+-- as "committed, notification failed", and the entries stay queued on that connection
+-- for its next flush.
+CREATE FUNCTION sessions.notify_deferred() RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  pending text := current_setting('sessions.notify_pending', true);
+BEGIN
+  IF pending IS NULL OR pending = '' THEN
+    RETURN true;
+  END IF;
+  PERFORM set_config('sessions.notify_pending', '', false);
+  BEGIN
+    PERFORM sessions.notify_changes('update', pending::jsonb);
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pg-sessions: deferred session notifications not sent: %', SQLERRM;
+    RETURN false;
+  END;
+  RETURN true;
+END
+$$;
+
 -- Version and updated_at are the database's: bumped on a content change, kept on a
 -- touch or a no-op, never taken from the client.
 CREATE FUNCTION sessions.bump_version() RETURNS trigger LANGUAGE plpgsql
@@ -163,7 +207,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   actor text := coalesce(nullif(current_setting('sessions.actor', true), ''), session_user::text);
+  defer boolean := coalesce(current_setting('sessions.defer_notify', true) = 'on', false);
   entries jsonb;
+  deferred jsonb;
 BEGIN
   WITH changed AS MATERIALIZED (
     SELECT n.tenant_id, n.id, n.user_id, n.version, o.token_hash AS old_hash,
@@ -201,10 +247,25 @@ BEGIN
            ) AS e(kind, keys, reason, happened)
      WHERE e.happened
   )
+  -- Only a change of data alone may wait for notify_deferred (see there).
   SELECT jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
-    INTO entries FROM changed;
+           FILTER (WHERE NOT (defer AND data_only)),
+         jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
+           FILTER (WHERE defer AND data_only)
+    INTO entries, deferred
+    FROM (SELECT c.*, c.changed_keys IS NOT NULL AND NOT (c.rotated OR c.bound OR c.revoked)
+                      AND cardinality(c.altered) = 0 AS data_only
+            FROM changed c) AS classified;
   IF entries IS NOT NULL THEN
     PERFORM sessions.notify_changes('update', entries);
+  END IF;
+  IF deferred IS NOT NULL THEN
+    PERFORM set_config('sessions.notify_pending',
+      (coalesce(nullif(current_setting('sessions.notify_pending', true), '')::jsonb, '[]') || deferred)::text,
+      false);
+  END IF;
+  IF defer THEN
+    PERFORM set_config('sessions.defer_notify', '', true);
   END IF;
   RETURN NULL;
 END
@@ -274,6 +335,7 @@ REVOKE EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.s
                            sessions.altered_columns(sessions.session, sessions.session),
                            sessions.current_actor(),
                            sessions.notify_changes(text, jsonb),
+                           sessions.notify_deferred(),
                            sessions.bump_version(),
                            sessions.log_insert(),
                            sessions.log_update(),
@@ -291,11 +353,16 @@ ALTER FUNCTION sessions.log_delete() OWNER TO sessions_admin;
 ALTER FUNCTION sessions.log_token_reuse() OWNER TO sessions_admin;
 REVOKE CREATE ON SCHEMA sessions FROM sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session) TO sessions_app;
+-- The middleware sends its deferred notifications as itself: pg_notify is open to every
+-- role anyway, so this grants nothing new.
+GRANT EXECUTE ON FUNCTION sessions.notify_deferred(), sessions.notify_changes(text, jsonb)
+  TO sessions_app;
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session, sessions.session),
                           sessions.changed_keys(jsonb, jsonb),
                           sessions.altered_columns(sessions.session, sessions.session),
                           sessions.current_actor(),
-                          sessions.notify_changes(text, jsonb)
+                          sessions.notify_changes(text, jsonb),
+                          sessions.notify_deferred()
   TO sessions_admin;
 
 -- migrate:down
@@ -309,6 +376,7 @@ DROP FUNCTION sessions.log_delete();
 DROP FUNCTION sessions.log_update();
 DROP FUNCTION sessions.log_insert();
 DROP FUNCTION sessions.bump_version();
+DROP FUNCTION sessions.notify_deferred();
 DROP FUNCTION sessions.notify_changes(text, jsonb);
 DROP FUNCTION sessions.current_actor();
 DROP FUNCTION sessions.altered_columns(sessions.session, sessions.session);

@@ -84,7 +84,7 @@ export class ContextSession {
    * knew the new one, and must not send the old one again).
    */
   #inGrace = false;
-  /** A rotated-away token presented after its grace, found under this request's row lock: revoked once the transaction ends. */
+  /** A rotated-away token presented after its grace, found under this request's session lock: revoked once the transaction ends. */
   #stolenPending: { tokenHash: Buffer; record: SessionRecord } | undefined;
   /** bindUser(): the user to write (null unbinds), undefined when unchanged. */
   #pendingUserId: string | null | undefined;
@@ -97,6 +97,10 @@ export class ContextSession {
   #ended: SessionEnd | undefined;
   /** Statements on the pool, also while `#runner` is the request's transaction. */
   readonly #poolRunner: StatementRunner;
+  /** The request's transaction, when it has one. */
+  #transactionRunner: TransactionRunner | undefined;
+  /** Who the event log names for a write, given the bound user. */
+  readonly #actor: (userId: string | null) => string;
   /** genid's non-secret label before the token in the key handed out. */
   #label: string | undefined;
   /** What ctx.session asks of this request: maxAge default, regenerate, manual commit. */
@@ -110,6 +114,7 @@ export class ContextSession {
     readonly presented: PresentedToken,
     actor: (userId: string | null) => string,
   ) {
+    this.#actor = actor;
     this.#runner = engine.runner(
       () => ({ tenant: tenantId, actor: actor(this.userId) }),
       () => this.#fence,
@@ -285,15 +290,28 @@ export class ContextSession {
 
   // --- request transactions ---------------------------------------------------
 
-  /** From now on every statement runs in the request's transaction. */
-  useTransaction(trx: Transaction<SessionsDatabase>): void {
-    this.#runner = new TransactionRunner(trx, this.engine.metrics);
+  /**
+   * From now on every statement runs in the request's transaction. `settings` (the
+   * transaction's set_config statements) travel with its first statement; {@link settle}
+   * sends them if the load did not.
+   */
+  useTransaction(trx: Transaction<SessionsDatabase>, settings: string): void {
+    this.#transactionRunner = new TransactionRunner(trx, this.engine.metrics, {
+      prelude: settings,
+      actor: () => this.#actor(this.userId),
+    });
+    this.#runner = this.#transactionRunner;
     this.#inTransaction = true;
+  }
+
+  /** The request transaction's settings are in effect (before the handler's own SQL). */
+  async settle(): Promise<void> {
+    await this.#transactionRunner?.settle();
   }
 
   /**
    * After the request's transaction ended (committed or not): a stolen token found
-   * under its row lock is revoked now, on the pool, whatever the handler did.
+   * under its session lock is revoked now, on the pool, whatever the handler did.
    */
   async afterTransaction(): Promise<void> {
     const stolen = this.#stolenPending;
@@ -308,7 +326,7 @@ export class ContextSession {
    * is not locking and the cached version is at least the client's fence (the version it
    * last wrote, through any process), else with one statement (which then fills the cache).
    */
-  async load(forUpdate = false, restoreStatementTimeout?: string): Promise<void> {
+  async load(forUpdate = false): Promise<void> {
     const token = this.presented.token;
     if (!token) return;
     const tokenHash = hashToken(token);
@@ -358,7 +376,8 @@ export class ContextSession {
       this.engine.store.loadPresented(this.#runner, this.tenantId, tokenHash, {
         forUpdate,
         minVersion,
-        restoreStatementTimeout,
+        // The middleware lengthened statement_timeout for the lock wait (see there).
+        restoreStatementTimeout: forUpdate,
       }),
     );
     metrics.time('load', startedAt);
@@ -367,7 +386,7 @@ export class ContextSession {
       if (rotatedAway === 'reused') {
         // A token rotated away longer ago than the grace period: a copy. The presenter
         // gets a fresh session; the session is revoked everywhere (after this request's
-        // transaction when this request holds its row lock).
+        // transaction when this request holds its session lock).
         if (forUpdate) this.#stolenPending = { tokenHash, record: current };
         else await this.#revokeStolen(tokenHash, current);
         return;

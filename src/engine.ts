@@ -1,9 +1,9 @@
 import { EventEmitter } from 'node:events';
-import { Kysely, PostgresDialect } from 'kysely';
+import { Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } from 'kysely';
 import pg from 'pg';
 import { SessionListener } from './cache/listener.js';
 import { SessionCache } from './cache/session-cache.js';
-import { checkout } from './db/checkout.js';
+import { RequestTransactionDriver } from './db/request-driver.js';
 import { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
 import { PoolRunner, type Scope } from './db/runner.js';
 import type { SessionsDatabase } from './db/schema.js';
@@ -41,13 +41,15 @@ export class SessionEngine {
       rotationGraceMs: options.rotationGrace,
     });
     this.database = openDatabase(options);
-    // Always the current primary's pool, also after a failover swapped it.
-    const writerPool = {
-      connect: () => checkout(this.database.writer()),
-      end: async () => {},
-    };
+    // Request transactions, always on the current primary's pool (also after a failover).
     this.kysely = new Kysely<SessionsDatabase>({
-      dialect: new PostgresDialect({ pool: writerPool as unknown as pg.Pool }),
+      dialect: {
+        createAdapter: () => new PostgresAdapter(),
+        createDriver: () =>
+          new RequestTransactionDriver(() => this.database.writer(), this.notifyFailed),
+        createIntrospector: (db) => new PostgresIntrospector(db),
+        createQueryCompiler: () => new PostgresQueryCompiler(),
+      },
     });
     if (options.cache) {
       this.cache = new SessionCache(options.cache);
@@ -153,8 +155,21 @@ export class SessionEngine {
       scope,
       this.metrics,
       () => database.staleReader?.() ?? database.writer(),
+      this.notifyFailed,
     );
   }
+
+  /**
+   * A write committed but its deferred notification failed: the write stands (it is
+   * acknowledged); other nodes may serve their cached copy until it is evicted otherwise.
+   */
+  readonly notifyFailed = (error: unknown): void => {
+    this.metrics.increment('notifyFailures');
+    this.options.logger.warn(
+      { err: error },
+      'pg-sessions: session write committed, change notification failed',
+    );
+  };
 
   start(): Promise<void> {
     this.#starting ??= (async () => {

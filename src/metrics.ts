@@ -17,6 +17,7 @@ const COUNTERS = [
   'cacheMisses',
   'cacheEvictions',
   'listenerReconnects',
+  'notifyFailures',
   'touchFlushes',
   'touchedSessions',
   'gcRuns',

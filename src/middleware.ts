@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
-import { sql, type Transaction } from 'kysely';
+import type { Transaction } from 'kysely';
+import pg from 'pg';
 import { ContextSession, emitDeferred } from './context-session.js';
 import { SessionControl } from './control.js';
 import { readToken } from './cookie.js';
@@ -166,24 +167,10 @@ export function sessions(
     try {
       await engine.kysely.transaction().execute(async (trx) => {
         began = true;
-        metrics.roundTrip();
-        // The locking load may wait up to lockTimeout and then run: its statement_timeout
-        // is lockTimeout + statementTimeout, so lock_timeout (55P03, SESSION_LOCK_TIMEOUT)
-        // always fires first. The load itself restores the previous statement_timeout for
-        // the statements after it.
-        const lockStatementTimeout = locking
-          ? sql`, set_config('statement_timeout', ${`${resolved.lockTimeout + resolved.statementTimeout}ms`}, true)`
-          : sql``;
-        // OFFSET 0: the setting is read in a subquery, before the outer list changes it.
-        const { rows } = await sql<{ statement_timeout: string }>`SELECT before.statement_timeout,
-          set_config('sessions.tenant', ${context.tenantId}, true),
-          set_config('sessions.actor', ${resolved.actor(ctx, context.userId)}, true),
-          set_config('lock_timeout', ${`${resolved.lockTimeout}ms`}, true)${lockStatementTimeout}
-          FROM (SELECT current_setting('statement_timeout') AS statement_timeout OFFSET 0) AS before`.execute(
-          trx,
-        );
-        context.useTransaction(trx);
-        await guard(() => context.load(locking, locking ? rows[0]?.statement_timeout : undefined));
+        context.useTransaction(trx, requestSettings(context, locking));
+        // The settings (and BEGIN) travel with the load: one round trip for both.
+        await guard(() => context.load(locking));
+        await guard(() => context.settle());
         // The application's tables are its own declaration (RequestDatabase); at run time
         // a Kysely transaction reaches any table the role may use.
         ctx.db = trx as unknown as Transaction<RequestDatabase>;
@@ -194,11 +181,10 @@ export function sessions(
         }
         // A handler that throws rolls the whole transaction back, session included.
         if (!resolved.koa.autoCommit) return;
-        const actor = resolved.actor(ctx, context.userId);
-        await guard(async () => {
-          await sql`SELECT set_config('sessions.actor', ${actor}, true)`.execute(trx);
-          await context.commit();
-        });
+        // Each write sets the actor again (the handler may have bound a user).
+        await guard(() => context.commit());
+        // COMMIT and the deferred notifications, in one message (RequestTransactionDriver).
+        metrics.roundTrip();
       });
     } catch (error) {
       // BEGIN or COMMIT failing; the handler's own errors pass through untouched.
@@ -211,6 +197,28 @@ export function sessions(
         resolved.logger.error({ err: error }, 'pg-sessions could not revoke a stolen session');
       });
     }
+  }
+
+  /**
+   * The request transaction's settings: tenant (row-level security), actor, lock_timeout.
+   * In lock mode the lock wait may last lockTimeout and then run: the statement that
+   * waits gets a statement_timeout of lockTimeout + statementTimeout, so lock_timeout
+   * (55P03, SESSION_LOCK_TIMEOUT) always fires first; the load puts the saved value
+   * back once it holds the lock. Literals, no bind parameters: they travel with BEGIN
+   * and the load as one simple-protocol message.
+   */
+  function requestSettings(context: ContextSession, locking: boolean): string {
+    const literal = (value: string) => pg.escapeLiteral(value);
+    const settings = [
+      `SELECT set_config('sessions.tenant', ${literal(context.tenantId)}, true), set_config('sessions.actor', ${literal(resolved.actor(context.ctx, context.userId))}, true), set_config('lock_timeout', ${literal(`${resolved.lockTimeout}ms`)}, true)`,
+    ];
+    if (locking) {
+      settings.push(
+        "SELECT set_config('sessions.statement_timeout', current_setting('statement_timeout'), true)",
+        `SELECT set_config('statement_timeout', ${literal(`${resolved.lockTimeout + resolved.statementTimeout}ms`)}, true)`,
+      );
+    }
+    return settings.join('; ');
   }
 
   async function guard<T>(work: () => Promise<T>): Promise<T> {

@@ -24,6 +24,7 @@ const COUNTER_HELP: Readonly<Record<CounterName, string>> = {
   cacheMisses: 'Cache lookups that went to the database',
   cacheEvictions: 'Cache entries evicted by a notification',
   listenerReconnects: 'Reconnections of the LISTEN connection',
+  notifyFailures: 'Writes that committed but whose deferred change notification could not be sent',
   touchFlushes: 'Batched touch statements written',
   touchedSessions: 'Sessions touched by batched statements',
   gcRuns: 'Garbage collection runs that held the lock',

@@ -1,5 +1,5 @@
-import { type Compilable, type RawBuilder, sql } from 'kysely';
-import { queryBuilder as db, type StatementRunner } from './db/runner.js';
+import { type Compilable, CompiledQuery, type RawBuilder, sql } from 'kysely';
+import { queryBuilder as db, inlineParameters, type StatementRunner } from './db/runner.js';
 import type { DataSnapshot } from './session.js';
 
 /** A live session row, as the middleware and the cache hold it. */
@@ -108,13 +108,23 @@ export interface SessionRow {
   rotation_due: boolean;
 }
 
-/** How a load runs: locked (lock mode), fenced (read-your-writes), and for lock mode the statement_timeout to put back after the wait. */
+/** How a load runs: locked (lock mode), fenced (read-your-writes), and for lock mode whether to put statement_timeout back after the wait. */
 interface LoadOptions {
+  /** Lock mode: the session's advisory lock, then the row (only in a request transaction). */
   readonly forUpdate?: boolean;
   readonly minVersion?: number;
-  /** With `forUpdate`: the statement_timeout the locking load puts back once it holds the row. */
-  readonly restoreStatementTimeout?: string;
+  /**
+   * With `forUpdate`: once the lock is held, set statement_timeout back to the value the
+   * transaction saved in `sessions.statement_timeout` before it lengthened it for the wait.
+   */
+  readonly restoreStatementTimeout?: boolean;
 }
+
+/**
+ * The first key of the sessions' advisory locks ('pgsl'); the second is the hash of the
+ * session id. ('pgse' with 1, 2 and 3 are the migration, GC and event-pruning locks.)
+ */
+export const SESSION_LOCK_CLASS = 0x7067736c;
 
 /** A row as {@link SessionStore.loadPresented} reads it: with why it ended, if it did. */
 export interface PresentedSessionRow extends SessionRow {
@@ -126,6 +136,13 @@ export interface PresentedSessionRow extends SessionRow {
 }
 
 const interval = (ms: number) => sql<string>`make_interval(secs => ${ms / 1000})`;
+
+/**
+ * Asks the triggers to defer this statement's notifications (sessions.notify_deferred):
+ * an uncorrelated subquery, run once before the scan, transaction-local, and consumed
+ * by the statement's own trigger. Only rows whose data alone changed are deferred.
+ */
+const deferNotification = sql<boolean>`(SELECT set_config('sessions.defer_notify', 'on', true)) IS NOT NULL`;
 
 /**
  * Live means: not revoked, and neither expiry passed by the database's clock. Written
@@ -217,8 +234,8 @@ export class SessionStore {
    * The live session this token reaches, or undefined: the session whose token it is,
    * or, for a token a rotation replaced, its session marked `rotatedAway` (one
    * statement either way: the previous-token lookup is an index probe inside it).
-   * `forUpdate` locks it (lock mode); `restoreStatementTimeout` sets statement_timeout
-   * for the statements after this one (the lock wait ran with a longer one).
+   * `forUpdate` locks it first (lock mode, in a request transaction);
+   * `restoreStatementTimeout` shortens statement_timeout again once the lock is held.
    */
   async load(
     runner: StatementRunner,
@@ -274,11 +291,16 @@ export class SessionStore {
       ] as const;
     // NULL for the current token; for a previous one whether its grace lasts.
     const graceOfPrevious = sql<boolean>`(${previous.select(sql<boolean>`grace_expires_at > now()`.as('in_grace'))})`;
-    let query: Compilable<unknown>;
+    let query: Compilable<unknown> | CompiledQuery<unknown>;
     if (options.forUpdate) {
-      // Lock mode: the row is matched by id, found through its current token or a
-      // previous one, so that a rotation that commits while this waits for the lock
-      // still finds the session (re-checked by id); its grace is then judged afresh.
+      // Lock mode: a transaction-scoped advisory lock keyed by the session, then the
+      // row, read by a second statement of the same message: its snapshot is taken
+      // after the lock was granted, so it sees what the previous holder committed. An
+      // advisory lock takes no transaction id and writes no WAL, so a lock-mode request
+      // that writes nothing commits without a WAL flush (a row lock would need both).
+      // The session is found through its current token or a previous one, by id both
+      // times, so a rotation that commits while this waits still finds it; its grace is
+      // then judged afresh.
       const sessionId = db
         .selectFrom('sessions.session')
         .select('id')
@@ -286,6 +308,13 @@ export class SessionStore {
         .where('token_hash', '=', tokenHash)
         .unionAll(previous.select('session_id as id'))
         .limit(1);
+      const lock = db
+        .selectFrom(sessionId.as('found'))
+        .select(
+          sql<string>`pg_advisory_xact_lock(${SESSION_LOCK_CLASS}, hashtext(found.id::text))`.as(
+            'locked',
+          ),
+        );
       let locking = db
         .selectFrom('sessions.session')
         .select(
@@ -297,13 +326,18 @@ export class SessionStore {
         .where('tenant_id', '=', tenantId)
         .where('id', '=', sessionId);
       if (!options.includeEnded) locking = locking.where(live);
-      if (options.restoreStatementTimeout !== undefined) {
-        // Uncorrelated: a one-time filter, run once before the scan, whatever it finds.
-        locking = locking.where(
-          sql<boolean>`(SELECT set_config('statement_timeout', ${options.restoreStatementTimeout}, true)) IS NOT NULL`,
-        );
-      }
-      query = locking.forUpdate();
+      // The lock wait ran with lockTimeout + statementTimeout (the middleware's
+      // settings); the statements after it get the statement_timeout saved before.
+      const restore = options.restoreStatementTimeout
+        ? [
+            "SELECT set_config('statement_timeout', current_setting('sessions.statement_timeout'), true)",
+          ]
+        : [];
+      query = CompiledQuery.raw(
+        [inlineParameters(lock.compile()), ...restore, inlineParameters(locking.compile())].join(
+          '; ',
+        ),
+      );
     } else {
       // One index probe in the common case: the second branch (a previous token) runs
       // only when the current-token branch found nothing (LIMIT 1 stops the Append).
@@ -446,7 +480,13 @@ export class SessionStore {
         .where('id', '=', input.id)
         .where(live);
       for (const expectation of expectations) query = query.where(expectation);
-      const { rows, fence } = await runner.write(query.returning(returningRecord(this.expiry)));
+      // A change of data alone notifies after the COMMIT (see sessions.notify_deferred);
+      // binding a user notifies inside it, as every security-relevant change does.
+      const deferred = input.userId === undefined;
+      if (deferred) query = query.where(deferNotification);
+      const { rows, fence } = await runner.write(query.returning(returningRecord(this.expiry)), {
+        notifyAfterCommit: deferred,
+      });
       const row = rows[0] as SessionRow | undefined;
       return { record: row ? toRecord(row) : undefined, fence };
     }

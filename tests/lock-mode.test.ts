@@ -50,6 +50,25 @@ async function lockApp(options: Partial<SessionOptions> = {}): Promise<TestApp> 
         ctx.session!.written = true;
         ctx.body = 'ok';
       });
+      router.post('/increment', async (ctx) => {
+        const current = Number(ctx.session!.counter ?? 0);
+        // Widen the window between read and write so that the requests really overlap.
+        await new Promise((resolve) => setImmediate(resolve));
+        ctx.session!.counter = current + 1;
+        ctx.body = 'ok';
+      });
+      // What the request's transaction has cost so far: a transaction id means a commit
+      // record, and a commit record after WAL means a flush.
+      router.get('/xid', async (ctx) => {
+        const counter = ctx.session!.counter ?? null;
+        const { rows } = await ctx.db!.executeQuery<{ xid: string | null }>({
+          sql: 'SELECT pg_current_xact_id_if_assigned()::text AS xid',
+          parameters: [],
+          query: { kind: 'RawNode' } as never,
+          queryId: { queryId: 'xid' },
+        });
+        ctx.body = { counter, xid: rows[0]?.xid ?? null };
+      });
     },
   );
   await app.middleware.start();
@@ -120,4 +139,37 @@ test('lock mode: a request without a cookie that writes creates its session in o
   t.is(app.middleware.metrics.snapshot().roundTrips - before.roundTrips, 1);
   const rows = await sessionRows(admin);
   t.true(rows.some((row) => row.data.written === true));
+});
+
+test.serial(
+  'lock mode: 200 concurrent increments of one session serialise, none lost',
+  async (t) => {
+    const app = await lockApp();
+    t.teardown(() => app.close());
+    const browser = new Browser(app.url);
+    await browser.post('/init');
+    const responses = await Promise.all(
+      Array.from({ length: 200 }, () => browser.clone().post('/increment')),
+    );
+    t.deepEqual(
+      responses.filter((response) => response.status !== 200).map((response) => response.body),
+      [],
+    );
+    t.like((await browser.get('/xid')).body, { counter: 200 });
+    const rows = await sessionRows(admin);
+    t.true(rows.some((row) => row.data.counter === 200));
+  },
+);
+
+test('lock mode: a request that only reads takes no transaction id, so its commit waits for no WAL flush', async (t) => {
+  const app = await lockApp();
+  t.teardown(() => app.close());
+  const browser = new Browser(app.url);
+  await browser.post('/init');
+  await browser.post('/increment');
+  const before = app.middleware.metrics.snapshot();
+  t.deepEqual((await browser.get('/xid')).body, { counter: 1, xid: null });
+  // BEGIN, the settings, the lock and the load in one message; COMMIT and the flush in
+  // another (the handler's own query is the application's, not counted).
+  t.is(app.middleware.metrics.snapshot().roundTrips - before.roundTrips, 2);
 });

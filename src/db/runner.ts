@@ -1,6 +1,6 @@
 import {
   type Compilable,
-  type CompiledQuery,
+  CompiledQuery,
   DummyDriver,
   Kysely,
   PostgresAdapter,
@@ -57,8 +57,35 @@ export interface StatementRunner {
     query: Compilable<Row> | CompiledQuery<Row>,
     options?: { staleReplica?: boolean },
   ): Promise<StatementResult<Row>>;
-  write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
+  /**
+   * A write in its own transaction (or the request's). `notifyAfterCommit`: the statement
+   * deferred its notifications (`sessions.defer_notify`), so a pool write sends them
+   * right after its COMMIT, in the same message; in a request transaction the commit
+   * does (see {@link RequestTransactionDriver}).
+   */
+  write<Row>(
+    query: Compilable<Row> | CompiledQuery<Row>,
+    options?: WriteOptions,
+  ): Promise<StatementResult<Row>>;
 }
+
+export interface WriteOptions {
+  readonly notifyAfterCommit?: boolean;
+}
+
+/**
+ * Told when a write committed but its deferred notifications could not be sent: the
+ * write stands (it is acknowledged), other nodes may keep a stale copy a little longer.
+ */
+export type NotifyFailureHandler = (error: unknown) => void;
+
+/**
+ * The statement that sends a transaction's deferred notifications. It follows the
+ * COMMIT in the same simple-protocol message, so the server has it even if the client
+ * dies right after sending, and PgBouncer (transaction pooling) keeps both on one
+ * server connection: ReadyForQuery comes once, at the end of the message.
+ */
+export const NOTIFY_DEFERRED = 'sessions.notify_deferred()';
 
 function compile<Row>(query: Compilable<Row> | CompiledQuery<Row>): CompiledQuery<Row> {
   return 'compile' in query ? query.compile() : query;
@@ -82,6 +109,7 @@ export class PoolRunner implements StatementRunner {
     private readonly counter?: RoundTripCounter,
     /** The primary's pool for a read that replaces a stale replica answer (the router counts it). */
     private readonly stalePool: () => pg.Pool = writePool,
+    private readonly notifyFailed: NotifyFailureHandler = () => {},
   ) {}
 
   private currentScope(): Scope {
@@ -108,11 +136,46 @@ export class PoolRunner implements StatementRunner {
     return { rows: (results[1]?.rows ?? []) as Row[], fromReplica: pool !== this.writePool() };
   }
 
-  async write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    const text = `BEGIN; ${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}; COMMIT; SELECT pg_current_wal_lsn()::text AS lsn`;
-    const results = await this.send(this.writePool(), text, true);
-    const fence = results[4]?.rows[0]?.lsn as string | undefined;
-    return { rows: (results[2]?.rows ?? []) as Row[], fence };
+  /**
+   * `BEGIN; settings; <statement>; COMMIT; SELECT lsn[, notify_deferred()]`: the row
+   * after the COMMIT proves the commit, so an error that follows it (the deferred
+   * notification's own commit failing) leaves the write acknowledged.
+   */
+  async write<Row>(
+    query: Compilable<Row> | CompiledQuery<Row>,
+    options: WriteOptions = {},
+  ): Promise<StatementResult<Row>> {
+    const flush = options.notifyAfterCommit ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
+    const text = `BEGIN; ${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}; COMMIT; SELECT pg_current_wal_lsn()::text AS lsn${flush}`;
+    const client = await checkout(this.writePool());
+    this.counter?.roundTrip();
+    let reply: CommitReply;
+    try {
+      reply = await sendThroughCommit(client, text, 'lsn');
+    } catch (error) {
+      // A failed statement leaves an explicit transaction open and aborted: end it
+      // before the connection goes back to the pool, or drop the connection.
+      let broken = endsConnection(error) ? (error as Error) : undefined;
+      if (!broken) {
+        broken = await client.query('ROLLBACK').then(
+          () => undefined,
+          (rollbackError: Error) => rollbackError,
+        );
+      }
+      client.release(broken);
+      throw error;
+    }
+    const { rowSets, committed, afterCommitError } = reply;
+    client.release(
+      afterCommitError !== undefined && endsConnection(afterCommitError)
+        ? (afterCommitError as Error)
+        : undefined,
+    );
+    if (afterCommitError !== undefined) this.notifyFailed(afterCommitError);
+    else if (notifiedOf(rowSets) === false) this.notifyFailed(new Error(NOTIFY_FAILED_IN_SQL));
+    // Row sets: the settings, the statement's rows (when it returned any), the lsn, the flush.
+    const rows = (rowSets.indexOf(committed.rows) === 2 ? rowSets[1] : []) as Row[];
+    return { rows, fence: committed.row.lsn as string | undefined };
   }
 
   private async send(pool: pg.Pool, text: string, explicitTransaction: boolean) {
@@ -123,8 +186,6 @@ export class PoolRunner implements StatementRunner {
       client.release();
       return results;
     } catch (error) {
-      // A failed statement leaves an explicit transaction open and aborted: end it
-      // before the connection goes back to the pool, or drop the connection.
       let broken = endsConnection(error) ? (error as Error) : undefined;
       if (explicitTransaction && !broken) {
         broken = await client.query('ROLLBACK').then(
@@ -138,25 +199,143 @@ export class PoolRunner implements StatementRunner {
   }
 }
 
-/** Runs statements inside an open Kysely transaction whose settings were applied at its start. */
+/** What notify_deferred() said when it caught an error itself (it warned the server log too). */
+export const NOTIFY_FAILED_IN_SQL =
+  'sessions.notify_deferred() could not send the deferred notifications (see the server log)';
+
+/** What `notify_deferred()` answered in a message's rows (undefined when it did not run). */
+export function notifiedOf(rowSets: readonly Record<string, unknown>[][]): boolean | undefined {
+  for (const rows of rowSets) {
+    const row = rows[0];
+    if (row && 'notified' in row) return row.notified as boolean;
+  }
+  return undefined;
+}
+
+/** The rows of a message that runs through a COMMIT, collected as they arrive. */
+export interface CommitReply {
+  /** Rows of each statement that returned any, in order. */
+  readonly rowSets: readonly Record<string, unknown>[][];
+  /**
+   * The first row that has the marker column, and its statement's rows: it comes from a
+   * statement after the COMMIT (give it a statement of its own, before anything that can
+   * fail: an error is raised before the failing statement's first row).
+   */
+  readonly committed: {
+    readonly row: Record<string, unknown>;
+    readonly rows: Record<string, unknown>[];
+  };
+  /** An error after that row: the transaction committed, what followed did not. */
+  readonly afterCommitError?: unknown;
+  /** The command tags of the statements (known only when no error came). */
+  readonly commands: readonly string[];
+}
+
+/**
+ * Sends a simple-protocol message that commits and then runs a statement returning a
+ * row with column `marker`. That row is sent only once the COMMIT succeeded, so: an
+ * error before it rejects (nothing committed); an error after it resolves with
+ * `afterCommitError` (committed, the rest failed). node-postgres hands a failed
+ * message's earlier results to nobody, so the rows are read off its 'row' events.
+ */
+export function sendThroughCommit(
+  client: pg.ClientBase,
+  text: string,
+  marker: string,
+): Promise<CommitReply> {
+  return new Promise((resolve, reject) => {
+    const rowSets: Record<string, unknown>[][] = [];
+    let current: unknown;
+    let committed: CommitReply['committed'] | undefined;
+    // node-postgres calls back with `null` for no error.
+    const query = new pg.Query(text, (error: Error | null | undefined, results: unknown) => {
+      if (!error) {
+        const list = (Array.isArray(results) ? results : [results]) as pg.QueryResult[];
+        const commands = list.map((result) => result.command);
+        if (committed) resolve({ rowSets, committed, commands });
+        else reject(new Error(`the message returned no "${marker}" row: ${commands.join(', ')}`));
+      } else if (committed) {
+        resolve({ rowSets, committed, afterCommitError: error, commands: [] });
+      } else {
+        reject(error);
+      }
+    });
+    query.on('row', (row: Record<string, unknown>, result?: unknown) => {
+      if (result !== current || rowSets.length === 0) {
+        current = result;
+        rowSets.push([]);
+      }
+      const rows = rowSets.at(-1)!;
+      rows.push(row);
+      if (committed === undefined && marker in row) committed = { row, rows };
+    });
+    client.query(query);
+  });
+}
+
+/**
+ * Runs statements inside an open Kysely transaction. `prelude`: the transaction's
+ * settings, not sent yet; they travel with its first statement (one message, and with
+ * it the driver's BEGIN), or alone by {@link settle}. `actor`: every write first sets
+ * `sessions.actor` to it, in the same message, for the event log.
+ */
 export class TransactionRunner implements StatementRunner {
+  #prelude: string | undefined;
+
   constructor(
     readonly transaction: Transaction<SessionsDatabase>,
     private readonly counter?: RoundTripCounter,
-  ) {}
+    private readonly options: { readonly prelude?: string; readonly actor?: () => string } = {},
+  ) {
+    this.#prelude = options.prelude;
+  }
+
+  /** Sends the prelude now if no statement took it along (before the handler's own SQL). */
+  async settle(): Promise<void> {
+    const prelude = this.#prelude;
+    if (prelude === undefined) return;
+    this.#prelude = undefined;
+    this.counter?.roundTrip();
+    await this.transaction.executeQuery(CompiledQuery.raw(prelude));
+  }
 
   async read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    this.counter?.roundTrip();
-    const result = await this.transaction.executeQuery(compile(query));
-    return { rows: result.rows as Row[] };
+    return this.run(compile(query), []);
   }
 
   write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    return this.read(query);
+    const actor = this.options.actor?.();
+    return this.run(
+      compile(query),
+      actor === undefined
+        ? []
+        : [`SELECT set_config('sessions.actor', ${pg.escapeLiteral(actor)}, true)`],
+    );
   }
 
   readPrimary<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
     return this.read(query);
+  }
+
+  /** One message: the prelude (once), `before`, the statement; the statement's rows. */
+  private async run<Row>(
+    compiled: CompiledQuery<Row>,
+    before: readonly string[],
+  ): Promise<StatementResult<Row>> {
+    this.counter?.roundTrip();
+    const leading = this.#prelude === undefined ? before : [this.#prelude, ...before];
+    this.#prelude = undefined;
+    const statement =
+      leading.length === 0
+        ? compiled
+        : CompiledQuery.raw(
+            [
+              ...leading,
+              compiled.parameters.length > 0 ? inlineParameters(compiled) : compiled.sql,
+            ].join('; '),
+          );
+    const result = await this.transaction.executeQuery(statement);
+    return { rows: result.rows as Row[] };
   }
 }
 
