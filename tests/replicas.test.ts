@@ -1,5 +1,4 @@
 import test from 'ava';
-import type Router from 'koa-router';
 import pg from 'pg';
 import { migrate } from '../src/db/migrator.js';
 import { ReplicaRouter, type ReplicaRouterOptions } from '../src/db/replica-router.js';
@@ -7,6 +6,7 @@ import type { SessionOptions } from '../src/index.js';
 import { type Cluster, type PostgresServer, startCluster } from '../src/testing/index.js';
 import { runCli } from './helpers/cli.js';
 import { Browser, startApp, type TestApp } from './helpers/http.js';
+import { replicaRoutes, type SessionBody } from './helpers/replica-apps.js';
 
 // One cluster for the file: a primary, replica1 (synchronous, remote_apply) and replica2
 // (asynchronous). The tests run in order; the last one kills the primary.
@@ -89,44 +89,13 @@ async function versionOn(server: PostgresServer, id: string): Promise<number | u
   return rows[0]?.version;
 }
 
-interface SessionBody {
-  id: string | null;
-  version: number | null;
-  data: Record<string, unknown> | null;
-}
-
-function routes(router: Router): void {
-  const reply = (ctx: Parameters<Router.IMiddleware>[0]) => {
-    ctx.body = {
-      id: ctx.sessions.id,
-      version: ctx.sessions.version,
-      data: ctx.session?.toJSON() ?? null,
-    } satisfies SessionBody;
-  };
-  router.get('/get', reply);
-  router.post('/set', (ctx) => {
-    Object.assign(ctx.session!, ctx.request.query);
-    reply(ctx);
-  });
-  // One key per request id: every acknowledged write must be found, each exactly once.
-  router.post('/write', (ctx) => {
-    const i = Number(ctx.query.i);
-    (ctx.session as Record<string, unknown>)[`w${i}`] = i;
-    if (ctx.query.rotate) ctx.sessions.regenerate();
-    ctx.body = { id: ctx.sessions.id };
-  });
-  router.post('/revoke', async (ctx) => {
-    ctx.body = { revoked: await ctx.sessions.revoke(String(ctx.query.id)) };
-  });
-}
-
 /** An app process of its own: its own router over `hosts` (or primary + replicas). */
 async function appOn(
   routerOptions: ReplicaRouterOptions,
   options: Omit<SessionOptions, 'database'> = {},
 ): Promise<{ app: TestApp; router: ReplicaRouter }> {
   const router = new ReplicaRouter(routerOptions);
-  const started = await startApp({ database: router, gc: false, ...options }, routes);
+  const started = await startApp({ database: router, gc: false, ...options }, replicaRoutes);
   // The middleware closes only what it created: the router is the app's.
   const app = {
     ...started,

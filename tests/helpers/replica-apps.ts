@@ -11,7 +11,7 @@ export interface SessionBody {
   data: Record<string, unknown> | null;
 }
 
-/** /get, /set?k=v, /write?i=n (one key per request), /revoke?id=… */
+/** /get, /set?k=v, /write?i=n[&rotate=1] (one key per request), /revoke?id=… */
 export function replicaRoutes(router: Router): void {
   const reply = (ctx: Parameters<Router.IMiddleware>[0]) => {
     ctx.body = {
@@ -29,6 +29,7 @@ export function replicaRoutes(router: Router): void {
   router.post('/write', (ctx) => {
     const i = Number(ctx.query.i);
     (ctx.session as Record<string, unknown>)[`w${i}`] = i;
+    if (ctx.query.rotate) ctx.sessions.regenerate();
     ctx.body = { id: ctx.sessions.id };
   });
   router.post('/revoke', async (ctx) => {
