@@ -59,7 +59,13 @@ function loadedValue(key: string, value: unknown, json: string): LoadedValue {
   };
 }
 
-const internals = new WeakMap<Session, SessionInternals>();
+/**
+ * A session's internals, for this module's functions. A private field rather than a
+ * WeakMap: a WeakMap entry whose value reaches its key (internals -> owner -> request
+ * -> session) survives every young-generation collection, so each request's whole
+ * object graph would be promoted and left to the slow old-generation collector.
+ */
+let stateOf: (session: Session) => SessionInternals;
 
 /** The top-level keys a request changed, ready for a delta write. */
 export interface SessionChanges {
@@ -82,6 +88,13 @@ export class Session {
   /** Session data: any JSON-faithful value under any key but the reserved ones. */
   [key: string]: unknown;
 
+  /** Off the data: private fields are not keys, not enumerable, not in JSON. */
+  readonly #state: SessionInternals;
+
+  static {
+    stateOf = (session) => session.#state;
+  }
+
   /**
    * `values`: the objects to use as they are (data the app just assigned); else each
    * value comes from the snapshot, objects as fresh copies.
@@ -92,7 +105,7 @@ export class Session {
     values?: Readonly<Record<string, unknown>>,
     owner?: SessionOwner,
   ) {
-    internals.set(this, { isNew, maxAge: undefined, owner, loaded, forceSave: false });
+    this.#state = { isNew, maxAge: undefined, owner, loaded, forceSave: false };
     const self = this as Record<string, unknown>;
     if (values) {
       for (const [key, value] of Object.entries(values)) {
@@ -110,7 +123,7 @@ export class Session {
 
   /** True when this request created the session (nothing was loaded). */
   get isNew(): boolean {
-    return internals.get(this)!.isNew;
+    return this.#state.isNew;
   }
 
   /**
@@ -118,7 +131,7 @@ export class Session {
    * cookie: the value set on this session in this request, else the configured one.
    */
   get maxAge(): number | 'session' | undefined {
-    const state = internals.get(this)!;
+    const state = this.#state;
     return state.maxAge ?? state.owner?.configuredMaxAge;
   }
 
@@ -126,7 +139,7 @@ export class Session {
     if (value !== undefined && value !== 'session' && !(Number.isFinite(value) && value > 0)) {
       throw new TypeError("session.maxAge must be a positive number of ms or 'session'");
     }
-    const state = internals.get(this)!;
+    const state = this.#state;
     state.maxAge = value;
     state.forceSave = true;
   }
@@ -153,7 +166,7 @@ export class Session {
 
   /** Marks the session to be saved even if no key changed (koa-session's `save()`). */
   save(): void {
-    internals.get(this)!.forceSave = true;
+    this.#state.forceSave = true;
   }
 
   inspect(): Record<string, unknown> {
@@ -167,29 +180,29 @@ export class Session {
 
   /** koa-session's `ctx.session.regenerate()`: a new token for the same session, at commit. */
   regenerate(): Promise<void> {
-    internals.get(this)!.owner?.regenerate();
+    this.#state.owner?.regenerate();
     return Promise.resolve();
   }
 
   /** koa-session's `manuallyCommit()`: writes now (with `autoCommit: false`, the only write). */
   async manuallyCommit(): Promise<void> {
-    await internals.get(this)!.owner?.commit();
+    await this.#state.owner?.commit();
   }
 
   /** koa-session's `externalKey`: the session key as handed to the client. */
   get externalKey(): string | undefined {
-    return internals.get(this)!.owner?.externalKey();
+    return this.#state.owner?.externalKey();
   }
 }
 
 /** The maxAge set on this session in this request (undefined: the configured one applies). */
 export function sessionMaxAge(session: Session): number | 'session' | undefined {
-  return internals.get(session)!.maxAge;
+  return stateOf(session).maxAge;
 }
 
 /** Whether save() or a maxAge change asked for a write. */
 export function isForcedSave(session: Session): boolean {
-  return internals.get(session)!.forceSave;
+  return stateOf(session).forceSave;
 }
 
 /**
@@ -197,7 +210,7 @@ export function isForcedSave(session: Session): boolean {
  * key). Unchanged keys are not serialised into the patch.
  */
 export function collectChanges(session: Session): SessionChanges {
-  const state = internals.get(session)!;
+  const state = stateOf(session);
   const patch: Record<string, unknown> = {};
   const removed: string[] = [];
   const expected = new Map<string, string | undefined>();
@@ -238,7 +251,7 @@ export function collectChanges(session: Session): SessionChanges {
 
 /** After a successful write, what it stored (not what the object holds by then) is the baseline. */
 export function markSaved(session: Session, baseline: DataSnapshot): void {
-  const state = internals.get(session)!;
+  const state = stateOf(session);
   state.loaded = baseline;
   state.forceSave = false;
   state.isNew = false;
