@@ -7,7 +7,7 @@ import type { AppStats } from './app-server.js';
 import { Child, type Message } from './child.js';
 import { DbProbe } from './db-probe.js';
 import type { LoadResult, LoadRun } from './load.js';
-import { VARIANTS, type Variant } from './variants.js';
+import type { Variant } from './variants.js';
 
 export const MIXES = [
   // Not one of issue 5's mixes: it shows the read path alone, without any commit.
@@ -30,6 +30,9 @@ export interface HttpSettings {
   readonly amount?: number;
   /** Times every variant runs every mix, one round after the other (ranges in the report). */
   readonly rounds: number;
+  /** The variants and mixes to run (a narrowed run for a bisect or a profile: some of them). */
+  readonly variants: readonly Variant[];
+  readonly mixes: readonly MixName[];
 }
 
 /** One variant under one mix. */
@@ -80,7 +83,7 @@ export async function runHttpBench(
   const cells: HttpCell[] = [];
   const crashed: string[] = [];
   for (let round = 1; round <= settings.rounds; round++) {
-    for (const variant of VARIANTS) {
+    for (const variant of settings.variants) {
       await runVariant(round, variant);
     }
   }
@@ -97,7 +100,7 @@ export async function runHttpBench(
       const { port } = await app.next<Message & { port: number }>('ready');
       const url = `http://127.0.0.1:${port}`;
       const cookies = await logIn(url, settings.sessions, variant !== 'bare');
-      for (const mix of MIXES) {
+      for (const mix of MIXES.filter((candidate) => settings.mixes.includes(candidate.name))) {
         const run = (durationSeconds: number): LoadRun => ({
           type: 'run',
           url,

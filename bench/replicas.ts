@@ -26,7 +26,10 @@ export const REPLICA_CELLS = [
 /** Replicas the cluster runs (all streaming in every cell; the router reads from some). */
 export const CLUSTER_REPLICAS = 2;
 
-export type ReplicaSettings = Omit<HttpSettings, 'appNodeOptions' | 'rounds'>;
+export type ReplicaSettings = Omit<
+  HttpSettings,
+  'appNodeOptions' | 'rounds' | 'variants' | 'mixes'
+>;
 
 export interface ReplicaCell {
   readonly name: string;

@@ -13,7 +13,9 @@
 // --warmup <s> (default 3; replicas 2), --sessions <n> (1000), --connections <n> (32),
 // --samples <n> notification samples (300), --rounds <n> rounds of every HTTP cell (2;
 // the write ceiling runs 3 rounds of its three cells), --cpu-prof (CPU profiles of the HTTP app
-// processes, written to a temporary folder; such a run does not update RESULTS.md).
+// processes, written to a temporary folder; such a run does not update RESULTS.md),
+// --variants <name,…> and --mixes <name,…> (a narrowed HTTP run without the write ceiling,
+// for a bisect or a profile; not recorded either).
 // PostgreSQL: PG_TEST_URL uses that server for http and notify; PG_TEST_BACKEND=testcontainers
 // a container; else a local server from PG_BIN_DIR's binaries or the embedded ones, run
 // with production durability (fsync on), unlike the test suite's throwaway servers. The
@@ -35,7 +37,7 @@ import {
   testServer,
 } from '../src/testing/index.js';
 import { Child } from './child.js';
-import { type HttpCell, type HttpSettings, runHttpBench } from './http.js';
+import { type HttpCell, type HttpSettings, MIXES, runHttpBench } from './http.js';
 import { type NotifyResult, type NotifySettings, runNotifyLatency } from './notify-latency.js';
 import {
   CLUSTER_REPLICAS,
@@ -52,6 +54,7 @@ import {
   renderResults,
   spliceGenerated,
 } from './report.js';
+import { VARIANTS } from './variants.js';
 import { runWriteCeiling, type WriteCeiling } from './write-ceiling.js';
 
 const { values: args } = parseArgs({
@@ -64,6 +67,8 @@ const { values: args } = parseArgs({
     connections: { type: 'string' },
     samples: { type: 'string' },
     rounds: { type: 'string' },
+    variants: { type: 'string' },
+    mixes: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
   },
 });
@@ -89,7 +94,21 @@ function selectedParts(only: string | undefined): readonly Part[] {
   return PARTS.filter((part) => names.includes(part));
 }
 
+/** A comma-separated subset of `all` (all of it when absent), in `all`'s order. */
+function subset<T extends string>(name: string, value: string | undefined, all: readonly T[]): T[] {
+  if (value === undefined) return [...all];
+  const names = value.split(',').map((item) => item.trim());
+  for (const item of names) {
+    if (!(all as readonly string[]).includes(item)) {
+      throw new Error(`--${name} takes a list of ${all.join(', ')}; got ${item}`);
+    }
+  }
+  return all.filter((item) => names.includes(item));
+}
+
 const parts = selectedParts(args.only);
+/** A run narrowed to some variants or mixes is a probe (a bisect, a profile): never recorded. */
+const narrowed = args.variants !== undefined || args.mixes !== undefined;
 const profileDir = args['cpu-prof'] ? mkdtempSync(join(tmpdir(), 'pg-sessions-bench-')) : undefined;
 /** The smoke run sends a fixed, small number of requests per cell instead of a duration. */
 const smokeRequests = 120;
@@ -100,6 +119,12 @@ const http: HttpSettings = {
   warmupSeconds: count('warmup', args.warmup, smoke ? 0 : 3, 0),
   appNodeOptions: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
   rounds: count('rounds', args.rounds, smoke ? 1 : 2),
+  variants: subset('variants', args.variants, VARIANTS),
+  mixes: subset(
+    'mixes',
+    args.mixes,
+    MIXES.map((mix) => mix.name),
+  ),
   ...(smoke && args.duration === undefined ? { amount: smokeRequests } : {}),
 };
 const replicas: ReplicaSettings = {
@@ -189,7 +214,7 @@ async function runSingleServerParts(
         )
       : undefined;
     let writeCeiling: WriteCeiling | undefined;
-    if (parts.includes('http')) {
+    if (parts.includes('http') && !narrowed) {
       writeCeiling = await runWriteCeiling(
         { ...http, rounds: smoke ? 1 : 3 },
         { create: () => createTestDatabase() },
@@ -300,10 +325,10 @@ try {
   };
   // Only a plain full-length run is recorded in the tree: the smoke run (CI) and a profiled
   // one (the profiler slows the apps down) write their JSON to the temporary folder.
-  const recorded = !smoke && !profileDir;
+  const recorded = !smoke && !profileDir && !narrowed;
   const folder = recorded ? here('./results') : tmpdir();
   mkdirSync(folder, { recursive: true });
-  const name = `${recorded ? 'latest' : `pg-sessions-bench-${smoke ? 'smoke' : 'profiled'}`}${args.only === undefined ? '' : `-${parts.join('-')}`}`;
+  const name = `${recorded ? 'latest' : `pg-sessions-bench-${smoke ? 'smoke' : profileDir ? 'profiled' : 'narrowed'}`}${args.only === undefined ? '' : `-${parts.join('-')}`}`;
   const resultsFile = join(folder, `${name}.json`);
   await writeFile(resultsFile, `${JSON.stringify(report, null, 2)}\n`);
   log(`results: ${resultsFile}`);
