@@ -11,6 +11,14 @@ import {
   type ReplicaResult,
   type ReplicaSettings,
 } from './replicas.js';
+import {
+  PATH_OPS,
+  PATH_VARIANTS,
+  type PathCell,
+  type PathSettings,
+  type PathVariant,
+  type RequestPathResult,
+} from './request-path.js';
 import { ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
 import { CEILING_KINDS, type CeilingKind, type WriteCeiling } from './write-ceiling.js';
 
@@ -39,12 +47,15 @@ export interface BenchReport {
   readonly machine: Machine;
   readonly settings: {
     readonly http?: HttpSettings;
+    readonly requestPath?: PathSettings;
     readonly notify?: NotifySettings;
     readonly replicas?: ReplicaSettings;
   };
   readonly http?: readonly HttpCell[];
   /** The database's own ceiling for session writes (with the http part). */
   readonly writeCeiling?: WriteCeiling;
+  /** Each layer's own CPU per request, without sockets (with the http part). */
+  readonly requestPath?: RequestPathResult;
   readonly notify?: NotifyResult;
   readonly replicas?: ReplicaResult;
 }
@@ -67,8 +78,14 @@ export function failures(report: BenchReport): string[] {
   expect('http', report.http !== undefined);
   expect('notify', report.notify !== undefined);
   expect('replicas', report.replicas !== undefined);
-  if (report.http) {
-    problems.push(...httpFailures(report.http));
+  // A run narrowed to some variants or mixes (a probe) runs neither ceiling nor request path.
+  const http = report.settings.http;
+  const narrowed =
+    http !== undefined &&
+    (http.variants.length < VARIANTS.length || http.mixes.length < MIXES.length);
+  if (report.http && http) problems.push(...httpFailures(report.http, http));
+  if (report.http && !narrowed) {
+    problems.push(...pathFailures(report.requestPath));
     const ceiling = report.writeCeiling;
     for (const kind of CEILING_KINDS) {
       const cells = ceiling?.cells.filter((cell) => cell.kind === kind) ?? [];
@@ -106,10 +123,31 @@ function loadFailures(
   return problems;
 }
 
-function httpFailures(cells: readonly HttpCell[]): string[] {
+function pathFailures(result: RequestPathResult | undefined): string[] {
+  if (!result) return ['request path: no result'];
   const problems: string[] = [];
-  for (const variant of VARIANTS) {
-    for (const mix of MIXES) {
+  for (const variant of PATH_VARIANTS) {
+    for (const op of PATH_OPS) {
+      const cells = result.cells.filter((cell) => cell.variant === variant && cell.op === op);
+      const name = `request path ${variant} ${op}`;
+      if (cells.length === 0) problems.push(`${name}: no result`);
+      for (const cell of cells) {
+        if (!(cell.requests > 0 && cell.cpuMicrosPerRequest > 0)) {
+          problems.push(`${name}, round ${cell.round}: no CPU time measured`);
+        }
+        if (cell.failed > 0) {
+          problems.push(`${name}, round ${cell.round}: ${cell.failed} requests failed`);
+        }
+      }
+    }
+  }
+  return problems;
+}
+
+function httpFailures(cells: readonly HttpCell[], settings: HttpSettings): string[] {
+  const problems: string[] = [];
+  for (const variant of settings.variants) {
+    for (const mix of MIXES.filter(({ name }) => settings.mixes.includes(name))) {
       const cell = find(cells, variant, mix.name);
       const name = `${variant} ${mix.name}`;
       if (!cell) {
@@ -228,6 +266,9 @@ export function renderResults(report: BenchReport): Map<string, string> {
       renderHttp(report.http, report.settings.http, report.machine, stamp, report.writeCeiling),
     );
   }
+  if (report.requestPath && report.settings.requestPath) {
+    blocks.set('path', renderPath(report.requestPath, report.settings.requestPath, stamp));
+  }
   if (report.notify) blocks.set('notify', renderNotify(report.notify, stamp));
   if (report.replicas && report.settings.replicas) {
     blocks.set('replicas', renderReplicas(report.replicas, report.settings.replicas, stamp));
@@ -311,6 +352,50 @@ ${ceiling ? `\n${renderCeiling(cells, ceiling, settings)}\n` : ''}
 #### Where the CPU went
 
 ${saturation(cells, machine.cpus)}`;
+}
+
+const PATH_LABELS: Record<PathVariant, string> = {
+  bare: 'bare Koa (the context and handler alone)',
+  'koa-session': LABELS['koa-session'],
+  'koa-session-redis': LABELS['koa-session-redis'],
+  'pg-sessions': 'pg-sessions, cache on (the defaults)',
+};
+
+/** Each layer's own CPU per request, from bench/request-path.ts. */
+function renderPath(result: RequestPathResult, settings: PathSettings, stamp: string): string {
+  const cellsFor = (variant: PathVariant, op: string): PathCell[] =>
+    result.cells.filter((cell) => cell.variant === variant && cell.op === op);
+  const rows = PATH_OPS.flatMap((op) =>
+    PATH_VARIANTS.map(
+      (variant) =>
+        `| ${op} | ${PATH_LABELS[variant]} | ${spread(
+          cellsFor(variant, op).map((cell) => cell.cpuMicrosPerRequest),
+          1,
+        )} |`,
+    ),
+  );
+  // Paired by round: ours against koa-session's cookie store in the same round.
+  const paired = cellsFor('pg-sessions', 'read').map((cell) => {
+    const cookie = cellsFor('koa-session', 'read').find((other) => other.round === cell.round);
+    return { ours: cell.cpuMicrosPerRequest, theirs: cookie?.cpuMicrosPerRequest ?? Number.NaN };
+  });
+  const met = paired.length > 0 && paired.every(({ ours, theirs }) => ours < theirs);
+  const byRound = paired
+    .map(({ ours, theirs }) => `${fixed(ours, 1)} vs ${fixed(theirs, 1)}`)
+    .join(', ');
+  return `### App CPU per request, the session layer alone
+
+${stamp} The same handlers as the HTTP cells, called in the benchmark's own process on Koa contexts
+built from unconnected sockets: no HTTP parsing, no response written, no load generator. ${settings.connections} requests in flight,
+${settings.requests} reads and ${Math.ceil(settings.requests / 10)} writes per cell after a quarter as many unrecorded, over ${settings.sessions} sessions,
+${settings.rounds} round${settings.rounds > 1 ? 's' : ''} interleaved. Process CPU time (user + system) per request, µs: mean [lowest–highest] over the rounds;
+round trips to Redis and PostgreSQL are in it, the servers' own CPU is not.
+
+| request | layer | app CPU µs / request |
+| --- | --- | ---: |
+${rows.join('\n')}
+
+- target: a cached read costs the app fewer µs than koa-session spends on its cookie, by round (pg-sessions vs koa-session): ${byRound} — ${met ? '**met**' : '**not met**'}`;
 }
 
 /** The mixes with writes: issue 5's targets and the write ceiling's bounds are about these. */

@@ -54,6 +54,7 @@ import {
   renderResults,
   spliceGenerated,
 } from './report.js';
+import { type PathSettings, type RequestPathResult, runRequestPath } from './request-path.js';
 import { VARIANTS } from './variants.js';
 import { runWriteCeiling, type WriteCeiling } from './write-ceiling.js';
 
@@ -127,6 +128,12 @@ const http: HttpSettings = {
   ),
   ...(smoke && args.duration === undefined ? { amount: smokeRequests } : {}),
 };
+const requestPath: PathSettings = {
+  sessions: http.sessions,
+  connections: http.connections,
+  requests: smoke ? 400 : 50_000,
+  rounds: smoke ? 1 : 3,
+};
 const replicas: ReplicaSettings = {
   sessions: http.sessions,
   connections: http.connections,
@@ -195,6 +202,7 @@ async function runSingleServerParts(
   facts: { version: string; settings: string; backend: string };
   cells?: HttpCell[];
   writeCeiling?: WriteCeiling;
+  requestPath?: RequestPathResult;
   notify?: NotifyResult;
 }> {
   const ownServer = await startPostgres();
@@ -226,6 +234,10 @@ async function runSingleServerParts(
         );
       }
     }
+    const pathResult =
+      parts.includes('http') && !narrowed
+        ? await runRequestPath(requestPath, { create: () => createTestDatabase() }, log)
+        : undefined;
     let notifyResult: NotifyResult | undefined;
     if (parts.includes('notify')) {
       notifyResult = await onFreshDatabase((database) => runNotifyLatency(notify, database));
@@ -237,6 +249,7 @@ async function runSingleServerParts(
       facts: { ...facts, backend: ownServer ? ownServer.binaries.source : server.backend },
       ...(cells ? { cells } : {}),
       ...(writeCeiling ? { writeCeiling } : {}),
+      ...(pathResult ? { requestPath: pathResult } : {}),
       ...(notifyResult ? { notify: notifyResult } : {}),
     };
   } finally {
@@ -315,11 +328,13 @@ try {
     machine,
     settings: {
       ...(parts.includes('http') ? { http } : {}),
+      ...(single?.requestPath ? { requestPath } : {}),
       ...(parts.includes('notify') ? { notify } : {}),
       ...(parts.includes('replicas') ? { replicas } : {}),
     },
     ...(single?.cells ? { http: single.cells } : {}),
     ...(single?.writeCeiling ? { writeCeiling: single.writeCeiling } : {}),
+    ...(single?.requestPath ? { requestPath: single.requestPath } : {}),
     ...(single?.notify ? { notify: single.notify } : {}),
     ...(replicaResult ? { replicas: replicaResult } : {}),
   };

@@ -1,0 +1,225 @@
+// App CPU per request of each session layer, on its own: the middleware and the same
+// handlers as bench/app-server.ts, called in this process on Koa contexts built from
+// unconnected sockets, so no HTTP parsing, no response writes and no load generator
+// share the measurement. Started by bench/run.ts with the http part.
+//
+// Why beside the HTTP cells: on a small virtual machine a response written to a load
+// generator that is asleep costs the writer a wake-up, and the slower the app, the more
+// often the generator sleeps. The HTTP cells' "app CPU µs / request" then grows far
+// beyond what the session layer itself spends (bare Koa with 18 µs of busy work per
+// request serves about half of bare Koa). Here each figure is the layer's own cost:
+// process CPU time (user + system) over the requests of the cell, `connections` of them
+// in flight at a time, round trips to Redis or PostgreSQL included.
+import http from 'node:http';
+import net from 'node:net';
+import Koa, { type Context, type Middleware } from 'koa';
+import { createSession } from 'koa-session';
+import { sessions } from '../src/index.js';
+import type { TestDatabase } from '../src/testing/index.js';
+import { redisStore } from './redis-store.js';
+
+export const PATH_VARIANTS = ['bare', 'koa-session', 'koa-session-redis', 'pg-sessions'] as const;
+export type PathVariant = (typeof PATH_VARIANTS)[number];
+
+/** read: GET /read of a live session; write: POST /write changing one of its keys. */
+export const PATH_OPS = ['read', 'write'] as const;
+export type PathOp = (typeof PATH_OPS)[number];
+
+export interface PathSettings {
+  readonly sessions: number;
+  /** Requests in flight at a time (as the HTTP cells' connections). */
+  readonly connections: number;
+  /** Measured requests per read cell; write cells run a tenth of it. */
+  readonly requests: number;
+  readonly rounds: number;
+}
+
+export interface PathCell {
+  readonly variant: PathVariant;
+  readonly op: PathOp;
+  readonly round: number;
+  readonly requests: number;
+  /** This process's CPU time (user + system) per request, in microseconds. */
+  readonly cpuMicrosPerRequest: number;
+  /** Requests that found no session (401) or failed: a broken cell, never a fast one. */
+  readonly failed: number;
+}
+
+export interface RequestPathResult {
+  readonly cells: readonly PathCell[];
+}
+
+/** One session layer in front of the benchmark's handlers, and how to stop it. */
+interface Layer {
+  readonly app: Koa;
+  readonly middleware: Middleware | undefined;
+  close(): Promise<void>;
+}
+
+const KEYS = ['benchmark key, the same for every variant'];
+
+async function startLayer(
+  variant: PathVariant,
+  database: TestDatabase | undefined,
+): Promise<Layer> {
+  const app = new Koa();
+  app.keys = KEYS;
+  if (variant === 'bare') return { app, middleware: undefined, close: async () => {} };
+  if (variant === 'koa-session') {
+    const middleware = createSession({ key: 'sid', signed: true, maxAge: 86_400_000 }, app);
+    return { app, middleware, close: async () => {} };
+  }
+  if (variant === 'koa-session-redis') {
+    const redis = redisStore(process.env.REDIS_URL, 'bench:path:');
+    const middleware = createSession(
+      { key: 'sid', signed: true, maxAge: 86_400_000, store: redis.store },
+      app,
+    );
+    return { app, middleware, close: redis.close };
+  }
+  if (!database) throw new Error('pg-sessions needs a database');
+  const middleware = sessions({ database: database.appUrl, gc: false });
+  await middleware.start();
+  return { app, middleware, close: () => middleware.close() };
+}
+
+/** Bare Koa has no sessions: its handlers use one object shared by every request. */
+const shared: Record<string, unknown> = { user: 'everyone', visits: 0 };
+
+/** bench/app-server.ts's handlers, answering 401 when the session was not found. */
+function handle(ctx: Context, variant: PathVariant, counter: { logins: number; writes: number }) {
+  const session = (variant === 'bare' ? shared : ctx.session) as Record<string, unknown>;
+  if (ctx.path === '/login') {
+    session.user = `user-${++counter.logins}`;
+    session.visits = 0;
+    ctx.body = 'ok';
+  } else if (typeof session.user !== 'string') {
+    ctx.status = 401;
+  } else if (ctx.path === '/read') {
+    ctx.body = { user: session.user, visits: session.visits };
+  } else {
+    counter.writes++;
+    session[`k${counter.writes % 4}`] = counter.writes;
+    ctx.body = 'ok';
+  }
+}
+
+/** A Koa context for one request, on a socket that never connects. */
+function contextFor(app: Koa, method: string, path: string, cookie: string | undefined): Context {
+  const request = new http.IncomingMessage(new net.Socket());
+  request.method = method;
+  request.url = path;
+  request.headers = cookie ? { host: 'bench.local', cookie } : { host: 'bench.local' };
+  return app.createContext(request, new http.ServerResponse(request));
+}
+
+/** A browser's cookie jar for one session: the latest value of each name. */
+class Jar {
+  readonly #cookies = new Map<string, string>();
+  header: string | undefined;
+
+  update(setCookie: unknown): void {
+    if (!Array.isArray(setCookie) || setCookie.length === 0) return;
+    for (const line of setCookie as string[]) {
+      const end = line.indexOf(';');
+      const pair = end < 0 ? line : line.slice(0, end);
+      const at = pair.indexOf('=');
+      const name = pair.slice(0, at);
+      const value = pair.slice(at + 1);
+      if (value === '') this.#cookies.delete(name);
+      else this.#cookies.set(name, value);
+    }
+    this.header = [...this.#cookies].map(([name, value]) => `${name}=${value}`).join('; ');
+  }
+}
+
+class Driver {
+  readonly jars: Jar[] = [];
+  readonly #counter = { logins: 0, writes: 0 };
+
+  constructor(
+    readonly variant: PathVariant,
+    readonly layer: Layer,
+  ) {}
+
+  /** One request through the layer; false when it found no session or failed. */
+  async request(method: string, path: string, jar: Jar): Promise<boolean> {
+    const { app, middleware } = this.layer;
+    const ctx = contextFor(app, method, path, jar.header);
+    try {
+      const handler = async () => handle(ctx, this.variant, this.#counter);
+      if (middleware) await middleware(ctx, handler);
+      else await handler();
+    } catch {
+      return false;
+    }
+    jar.update(ctx.response.headers['set-cookie']);
+    return ctx.status === 200;
+  }
+
+  async logIn(sessions: number): Promise<void> {
+    for (let i = 0; i < sessions; i++) {
+      const jar = new Jar();
+      if (!(await this.request('POST', '/login', jar))) {
+        throw new Error(`${this.variant}: logging in session ${i} failed`);
+      }
+      this.jars.push(jar);
+    }
+  }
+
+  /** `requests` requests, `connections` in flight; returns CPU µs per request and failures. */
+  async run(op: PathOp, requests: number, connections: number) {
+    const [method, path] = op === 'read' ? ['GET', '/read'] : ['POST', '/write'];
+    let sent = 0;
+    let failed = 0;
+    const before = process.cpuUsage();
+    await Promise.all(
+      Array.from({ length: connections }, async () => {
+        while (sent < requests) {
+          sent++;
+          const jar = this.jars[Math.floor(Math.random() * this.jars.length)]!;
+          if (!(await this.request(method, path, jar))) failed++;
+        }
+      }),
+    );
+    const cpu = process.cpuUsage(before);
+    return { cpuMicrosPerRequest: (cpu.user + cpu.system) / requests, failed };
+  }
+}
+
+/** Every variant and operation, `rounds` times, interleaved so that drift hits all alike. */
+export async function runRequestPath(
+  settings: PathSettings,
+  databases: { create(): Promise<TestDatabase> },
+  log: (line: string) => void,
+): Promise<RequestPathResult> {
+  const database = await databases.create();
+  const drivers: Driver[] = [];
+  try {
+    for (const variant of PATH_VARIANTS) {
+      const driver = new Driver(variant, await startLayer(variant, database));
+      drivers.push(driver);
+      await driver.logIn(variant === 'bare' ? 1 : settings.sessions);
+    }
+    const cells: PathCell[] = [];
+    for (let round = 1; round <= settings.rounds; round++) {
+      for (const op of PATH_OPS) {
+        const requests = op === 'read' ? settings.requests : Math.ceil(settings.requests / 10);
+        for (const driver of drivers) {
+          // Warm-up, not recorded: JIT, pools, caches.
+          await driver.run(op, Math.ceil(requests / 4), settings.connections);
+          const measured = await driver.run(op, requests, settings.connections);
+          cells.push({ variant: driver.variant, op, round, requests, ...measured });
+          log(
+            `request path, round ${round}, ${driver.variant} ${op}: ${measured.cpuMicrosPerRequest.toFixed(1)} µs of CPU per request` +
+              (measured.failed > 0 ? `, ${measured.failed} failed` : ''),
+          );
+        }
+      }
+    }
+    return { cells };
+  } finally {
+    for (const driver of drivers) await driver.layer.close();
+    await database.drop();
+  }
+}
