@@ -63,7 +63,7 @@ export function emitDeferred(
  * request's session state, answers `ctx.session` and the `ctx.sessions` operations,
  * loads the row, and at the end plans and performs the one write.
  */
-export class ContextSession {
+export class ContextSession implements SessionOwner {
   /** The loaded row; undefined for a new session or after the row vanished. */
   #record: SessionRecord | undefined;
   /** Materialised on first access of ctx.session (or on assignment). */
@@ -92,19 +92,14 @@ export class ContextSession {
   #fence: string | undefined;
   /** Statements run in the request's transaction: the cache is neither read nor filled. */
   #inTransaction = false;
-  #runner: StatementRunner;
+  /** The request's transaction once it has one; else statements go to {@link #pool}. */
+  #transactionRunner: TransactionRunner | undefined;
   /** The presented token's session was revoked or has expired (ctx.sessions.ended). */
   #ended: SessionEnd | undefined;
-  /** Statements on the pool, also while `#runner` is the request's transaction. */
-  readonly #poolRunner: StatementRunner;
-  /** The request's transaction, when it has one. */
-  #transactionRunner: TransactionRunner | undefined;
-  /** Who the event log names for a write, given the bound user. */
-  readonly #actor: (userId: string | null) => string;
+  /** Statements on the pool, made at the first statement: a cache hit runs none. */
+  #poolRunner: StatementRunner | undefined;
   /** genid's non-secret label before the token in the key handed out. */
   #label: string | undefined;
-  /** What ctx.session asks of this request: maxAge default, regenerate, manual commit. */
-  readonly #owner: SessionOwner;
 
   constructor(
     private readonly engine: SessionEngine,
@@ -112,27 +107,42 @@ export class ContextSession {
     readonly tenantId: string,
     readonly mode: ConcurrencyMode,
     readonly presented: PresentedToken,
-    actor: (userId: string | null) => string,
   ) {
-    this.#actor = actor;
-    this.#runner = engine.runner(
-      () => ({ tenant: tenantId, actor: actor(this.userId) }),
+    this.#label = presented.label;
+  }
+
+  /** Who the event log names for a write, given the bound user. */
+  #actor(userId: string | null): string {
+    return this.engine.options.actor(this.ctx, userId);
+  }
+
+  /** Statements on the pool, also while the request has its own transaction. */
+  get #pool(): StatementRunner {
+    this.#poolRunner ??= this.engine.runner(
+      () => ({ tenant: this.tenantId, actor: this.#actor(this.userId) }),
       () => this.#fence,
     );
-    this.#poolRunner = this.#runner;
-    this.#label = presented.label;
-    const configuredMaxAge = engine.options.cookie.maxAge;
-    this.#owner = {
-      configuredMaxAge,
-      regenerate: () => this.regenerate(),
-      commit: () => this.commit(),
-      externalKey: () => {
-        if (this.#destroyed && !this.#session) return undefined;
-        if (this.#inGrace && this.#token === undefined) return undefined;
-        this.#token ??= generateToken();
-        return this.#key();
-      },
-    };
+    return this.#poolRunner;
+  }
+
+  /** Where this request's statements run: its transaction, or the pool. */
+  get #runner(): StatementRunner {
+    return this.#transactionRunner ?? this.#pool;
+  }
+
+  // --- SessionOwner: what ctx.session asks of its request ---------------------
+
+  /** The configured cookie lifetime, what `session.maxAge` reads when not set. */
+  get configuredMaxAge(): number | 'session' {
+    return this.engine.options.cookie.maxAge;
+  }
+
+  /** koa-session's `externalKey`: the key as handed to the client. */
+  externalKey(): string | undefined {
+    if (this.#destroyed && !this.#session) return undefined;
+    if (this.#inGrace && this.#token === undefined) return undefined;
+    this.#token ??= generateToken();
+    return this.#key();
   }
 
   /** The key as handed to the client: prefix, genid's label, the token. */
@@ -158,10 +168,10 @@ export class ContextSession {
     if (!this.#session) {
       if (this.#record) {
         const loaded = this.#record.snapshot ?? snapshotData(this.#record.data);
-        this.#session = new Session(loaded, false, undefined, this.#owner);
+        this.#session = new Session(loaded, false, undefined, this);
       } else {
         this.#newLabel();
-        this.#session = new Session(new Map(), true, undefined, this.#owner);
+        this.#session = new Session(new Map(), true, undefined, this);
       }
     }
     return this.#session;
@@ -182,7 +192,7 @@ export class ContextSession {
       // Its baseline is empty: every assigned key is a change to save.
       if (this.#record) this.#destroyed = true;
       this.#newLabel();
-      this.#session = new Session(new Map(), true, data, this.#owner);
+      this.#session = new Session(new Map(), true, data, this);
       this.#token = generateToken();
       this.#rotate = false;
     } else {
@@ -300,7 +310,6 @@ export class ContextSession {
       prelude: settings,
       actor: () => this.#actor(this.userId),
     });
-    this.#runner = this.#transactionRunner;
     this.#inTransaction = true;
   }
 
@@ -443,7 +452,7 @@ export class ContextSession {
   async #revokeStolen(tokenHash: Buffer, record: SessionRecord): Promise<void> {
     const { engine } = this;
     const ended = await engine.withFailover(() =>
-      engine.store.revokeReusedToken(this.#poolRunner, this.tenantId, tokenHash, this.#origin()),
+      engine.store.revokeReusedToken(this.#pool, this.tenantId, tokenHash, this.#origin()),
     );
     engine.forgetEnded(this.tenantId, ended);
     if (ended.length === 0) return;

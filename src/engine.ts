@@ -3,6 +3,7 @@ import { Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } 
 import pg from 'pg';
 import { SessionListener } from './cache/listener.js';
 import { SessionCache } from './cache/session-cache.js';
+import { withFailover } from './db/failover.js';
 import { RequestTransactionDriver } from './db/request-driver.js';
 import { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
 import { PoolRunner, type Scope } from './db/runner.js';
@@ -29,6 +30,7 @@ export class SessionEngine {
   readonly touches: TouchBatcher;
   readonly gc: GarbageCollector | undefined;
   #starting: Promise<void> | undefined;
+  #started = false;
   #closing: Promise<void> | undefined;
   #unfollow: (() => void) | undefined;
 
@@ -110,20 +112,9 @@ export class SessionEngine {
     return this.listener?.healthy === true;
   }
 
-  /**
-   * Runs `work`; when it fails because the primary is gone or read-only and the router
-   * finds a new primary within its failover timeout, runs it once more with `retry` true.
-   */
-  async withFailover<T>(work: (retry: boolean) => Promise<T>): Promise<T> {
-    try {
-      return await work(false);
-    } catch (error) {
-      const failover = (this.database as { failover?: (error: unknown) => Promise<boolean> })
-        .failover;
-      if (!failover || !(await failover.call(this.database, error))) throw error;
-      this.options.logger.warn({ err: error }, 'pg-sessions retrying once on the new primary');
-      return work(true);
-    }
+  /** Runs `work`, once more on the new primary when the router found one (see db/failover.ts). */
+  withFailover<T>(work: (retry: boolean) => Promise<T>): Promise<T> {
+    return withFailover(this.database, this.options.logger, work);
   }
 
   /** True when reads may come from replicas (the client then carries a version fence). */
@@ -133,14 +124,7 @@ export class SessionEngine {
 
   /** Sessions ended by this process: never serve them from its cache again. */
   forgetEnded(tenantId: string, ended: readonly EndedSession[]): void {
-    for (const session of ended) {
-      this.cache?.invalidate(
-        tenantId,
-        session.tokenHash.toString('hex'),
-        Number.POSITIVE_INFINITY,
-        true,
-      );
-    }
+    this.cache?.forgetEnded(tenantId, ended);
   }
 
   /** A pool runner for one scope; reads go to `reader(fence)`. */
@@ -171,6 +155,11 @@ export class SessionEngine {
     );
   };
 
+  /** True once start() has finished: the request path skips it. */
+  get started(): boolean {
+    return this.#started;
+  }
+
   start(): Promise<void> {
     this.#starting ??= (async () => {
       // A router given `hosts` knows the primary only after its first health check.
@@ -179,6 +168,7 @@ export class SessionEngine {
       await this.listener?.start();
       this.touches.start();
       this.gc?.start();
+      this.#started = true;
     })().catch((error: unknown) => {
       this.#starting = undefined;
       throw error;

@@ -106,7 +106,8 @@ export function sessions(
   const middleware = async (ctx: Context, next: Next): Promise<void> => {
     installAccessors(Object.getPrototypeOf(ctx) as object);
     checkAppKeys(ctx.app.keys, resolved.cookie);
-    await guard(() => engine.start());
+    // Once started, no await: a cached read never leaves the microtask it came in on.
+    if (!engine.started) await guard(engine.start());
     metrics.increment('requests');
     const tenantId = validTenant(resolved.tenant(ctx));
     const mode = resolved.mode(ctx);
@@ -122,9 +123,7 @@ export function sessions(
         via: presented.via,
       });
     }
-    const context = new ContextSession(engine, ctx, tenantId, mode, presented, (userId) =>
-      resolved.actor(ctx, userId),
-    );
+    const context = new ContextSession(engine, ctx, tenantId, mode, presented);
     ctx[CONTEXT_SESSION] = context;
     ctx[EARLY_SESSION] = undefined;
     ctx.sessions = new SessionControl(context, resolved.maxSessionsPerUser);
@@ -134,7 +133,7 @@ export function sessions(
     if (resolved.transaction(ctx) === 'request' || (mode === 'lock' && presented.token)) {
       await inRequestTransaction(context, next);
     } else {
-      await guard(() => context.load());
+      await guard(context.load());
       await runThenCommit(context, next);
     }
   };
@@ -150,14 +149,14 @@ export function sessions(
     } catch (error) {
       if (resolved.koa.autoCommit) {
         try {
-          await guard(() => context.commit());
+          await guard(context.commit());
         } catch (commitError) {
           resolved.logger.error({ err: commitError }, 'the session could not be saved');
         }
       }
       throw error;
     }
-    if (resolved.koa.autoCommit) await guard(() => context.commit());
+    if (resolved.koa.autoCommit) await guard(context.commit());
   }
 
   async function inRequestTransaction(context: ContextSession, next: Next): Promise<void> {
@@ -169,8 +168,8 @@ export function sessions(
         began = true;
         context.useTransaction(trx, requestSettings(context, locking));
         // The settings (and BEGIN) travel with the load: one round trip for both.
-        await guard(() => context.load(locking));
-        await guard(() => context.settle());
+        await guard(context.load(locking));
+        await guard(context.settle());
         // The application's tables are its own declaration (RequestDatabase); at run time
         // a Kysely transaction reaches any table the role may use.
         ctx.db = trx as unknown as Transaction<RequestDatabase>;
@@ -182,7 +181,7 @@ export function sessions(
         // A handler that throws rolls the whole transaction back, session included.
         if (!resolved.koa.autoCommit) return;
         // Each write sets the actor again (the handler may have bound a user).
-        await guard(() => context.commit());
+        await guard(context.commit());
         // COMMIT and the deferred notifications, in one message (RequestTransactionDriver).
         metrics.roundTrip();
       });
@@ -221,9 +220,10 @@ export function sessions(
     return settings.join('; ');
   }
 
-  async function guard<T>(work: () => Promise<T>): Promise<T> {
+  /** Awaits `work`, translating database errors into typed session errors. */
+  async function guard<T>(work: Promise<T>): Promise<T> {
     try {
-      return await work();
+      return await work;
     } catch (error) {
       const translated = translate(error);
       if (translated instanceof SessionStoreUnavailableError) metrics.increment('unavailable');

@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import { snapshotData } from '../session.js';
-import type { SessionRecord } from '../store.js';
+import type { EndedSession, SessionRecord } from '../store.js';
 
 export interface SessionCacheOptions {
   /** Most entries kept. */
@@ -76,6 +76,16 @@ export class SessionCache {
     const current = this.#entries.get(cacheKey);
     if (current && current.version === record.version) {
       this.#entries.set(cacheKey, { ...current, lastSeenAt, touchDue: false });
+    }
+  }
+
+  /**
+   * Sessions this process ended (revoked, deleted): gone from the cache at once, and a
+   * load that read them before cannot put them back, whenever the notification arrives.
+   */
+  forgetEnded(tenantId: string, ended: readonly EndedSession[]): void {
+    for (const session of ended) {
+      this.invalidate(tenantId, session.tokenHash.toString('hex'), Number.POSITIVE_INFINITY, true);
     }
   }
 

@@ -60,3 +60,15 @@ test('tenants are separate keys, and a tenant flush drops only its own', (t) => 
   t.is(cache.get('a', hash), undefined);
   t.is(cache.get('b', hash)?.tenantId, 'b');
 });
+
+test('a session this process ended leaves the cache, and a load that read it before cannot bring it back', (t) => {
+  const cache = new SessionCache({ maxEntries: 10, maxBytes: 1 << 20 });
+  const other = Buffer.alloc(32, 8);
+  cache.set(record(4), cache.epoch);
+  cache.set({ ...record(1), tokenHash: other }, cache.epoch);
+  cache.forgetEnded('t', [{ id: record(4).id, tokenHash: hash }]);
+  t.is(cache.get('t', hash), undefined);
+  cache.set(record(9), cache.epoch);
+  t.is(cache.get('t', hash), undefined, 'an ended session is never cached again');
+  t.is(cache.get('t', other)?.version, 1, 'other sessions stay');
+});
