@@ -17,7 +17,7 @@ import { ReplicaRouter, type RouterCounters } from '../src/db/replica-router.js'
 import { type SessionMiddleware, sessions } from '../src/index.js';
 import { type Message, serveRunner, tellRunner } from './child.js';
 import { redisStore } from './redis-store.js';
-import { ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
+import { BUSY_MICROS, hasSessions, ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
 
 /** What the runner asks for before and after each measured run. */
 export interface AppStats extends Message {
@@ -108,7 +108,7 @@ if (variant === 'koa-session') {
   const redis = redisStore(process.env.REDIS_URL);
   closeRedis = redis.close;
   app.use(createSession({ key: 'sid', signed: true, maxAge: 86_400_000, store: redis.store }, app));
-} else if (variant !== 'bare') {
+} else if (hasSessions(variant)) {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error('DATABASE_URL must name the database of a pg-sessions variant');
   middleware = await startSessions(url);
@@ -118,13 +118,22 @@ if (variant === 'koa-session') {
   });
 }
 
+/** Keeps this thread busy for `micros` µs (the bare-busy calibration). */
+function busy(micros: number): void {
+  const until = performance.now() + micros / 1000;
+  while (performance.now() < until) {
+    // spin: CPU work of a known length, with no allocation and no I/O
+  }
+}
+
 /** Bare Koa has no sessions: its handlers use one object shared by every request. */
 const shared: Record<string, unknown> = { user: 'everyone', visits: 0 };
 let logins = 0;
 let writes = 0;
 
 app.use((ctx) => {
-  const session = (variant === 'bare' ? shared : ctx.session) as Record<string, unknown> | null;
+  if (variant === 'bare-busy') busy(BUSY_MICROS);
+  const session = (hasSessions(variant) ? ctx.session : shared) as Record<string, unknown> | null;
   if (!session) throw new Error('no session object');
   const route = `${ctx.method} ${ctx.path}`;
   if (route === 'POST /login') {

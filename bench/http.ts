@@ -7,7 +7,7 @@ import type { AppStats } from './app-server.js';
 import { Child, type Message } from './child.js';
 import { DbProbe } from './db-probe.js';
 import type { LoadResult, LoadRun } from './load.js';
-import type { Variant } from './variants.js';
+import { hasSessions, runsMix, type Variant } from './variants.js';
 
 export const MIXES = [
   // Not one of issue 5's mixes: it shows the read path alone, without any commit.
@@ -99,8 +99,10 @@ export async function runHttpBench(
     try {
       const { port } = await app.next<Message & { port: number }>('ready');
       const url = `http://127.0.0.1:${port}`;
-      const cookies = await logIn(url, settings.sessions, variant !== 'bare');
-      for (const mix of MIXES.filter((candidate) => settings.mixes.includes(candidate.name))) {
+      const cookies = await logIn(url, settings.sessions, hasSessions(variant));
+      for (const mix of MIXES.filter(
+        (candidate) => settings.mixes.includes(candidate.name) && runsMix(variant, candidate.name),
+      )) {
         const run = (durationSeconds: number): LoadRun => ({
           type: 'run',
           url,
