@@ -413,6 +413,46 @@ $function$;
 ALTER FUNCTION sessions.log_update() OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.log_update() FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION sessions.lookup_session(tenant text, presented_hash bytea, touch_interval interval, rotate_interval interval)
+ RETURNS TABLE(id uuid, tenant_id text, token_hash bytea, user_id text, data jsonb, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean, ended text, revoked_reason text, ended_at timestamp with time zone, in_grace boolean)
+ LANGUAGE plpgsql
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+  RETURN QUERY
+    SELECT s.id, s.tenant_id, s.token_hash, s.user_id, s.data, s.version, s.created_at,
+           s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
+           s.last_seen_at < now() - touch_interval,
+           coalesce(s.token_issued_at <= now() - rotate_interval, false),
+           -- Revoked first: a revocation only ever ends a live row, so it is the cause.
+           CASE WHEN s.revoked_at IS NOT NULL THEN 'revoked'
+                WHEN s.expires_at <= now() THEN 'expired' END,
+           s.revoked_reason, coalesce(s.revoked_at, s.expires_at),
+           NULL::boolean
+      FROM sessions.session AS s
+     WHERE s.tenant_id = tenant AND s.token_hash = presented_hash;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+    SELECT s.id, s.tenant_id, s.token_hash, s.user_id, s.data, s.version, s.created_at,
+           s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
+           s.last_seen_at < now() - touch_interval,
+           coalesce(s.token_issued_at <= now() - rotate_interval, false),
+           CASE WHEN s.revoked_at IS NOT NULL THEN 'revoked'
+                WHEN s.expires_at <= now() THEN 'expired' END,
+           s.revoked_reason, coalesce(s.revoked_at, s.expires_at),
+           p.grace_expires_at > now()
+      FROM sessions.previous_token AS p
+      JOIN sessions.session AS s ON s.tenant_id = p.tenant_id AND s.id = p.session_id
+     WHERE p.tenant_id = tenant AND p.token_hash = presented_hash;
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) TO sessions_app;
+
 CREATE OR REPLACE FUNCTION sessions.network_prefix(ip inet)
  RETURNS cidr
  LANGUAGE sql

@@ -1,4 +1,4 @@
-import { type Compilable, CompiledQuery, type RawBuilder, sql } from 'kysely';
+import { type Compilable, CompiledQuery, sql } from 'kysely';
 import { queryBuilder as db, inlineParameters, type StatementRunner } from './db/runner.js';
 import type { DataSnapshot } from './session.js';
 
@@ -275,38 +275,42 @@ export class SessionStore {
     tokenHash: Buffer,
     options: LoadOptions & { includeEnded: boolean },
   ): Promise<PresentedSessionRow | undefined> {
-    const previous = db
-      .selectFrom('sessions.previous_token')
-      .where('tenant_id', '=', tenantId)
-      .where('token_hash', '=', tokenHash);
-    const columns = (inGrace: RawBuilder<boolean | null>) =>
-      [
-        ...returningRecord(this.expiry),
-        // Revoked first: a revocation only ever ends a live row, so it is the cause.
-        sql<'revoked' | 'expired' | null>`CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
-          WHEN expires_at <= now() THEN 'expired' END`.as('ended'),
-        'revoked_reason',
-        sql<Date>`coalesce(revoked_at, expires_at)`.as('ended_at'),
-        inGrace.as('in_grace'),
-      ] as const;
-    // NULL for the current token; for a previous one whether its grace lasts.
-    const graceOfPrevious = sql<boolean>`(${previous.select(sql<boolean>`grace_expires_at > now()`.as('in_grace'))})`;
-    let query: Compilable<unknown> | CompiledQuery<unknown>;
+    // sessions.lookup_session (migration 5): the current token, else a previous one,
+    // planned once per connection instead of once per request.
+    const { touchIntervalMs, rotateIntervalMs } = this.expiry;
+    const rotate =
+      rotateIntervalMs === undefined ? sql`NULL::interval` : interval(rotateIntervalMs);
+    let lookup = db
+      .selectFrom(
+        sql<PresentedSessionRow>`sessions.lookup_session(${tenantId}, ${tokenHash}, ${interval(touchIntervalMs)}, ${rotate})`.as(
+          'found',
+        ),
+      )
+      .selectAll()
+      .limit(1);
+    if (!options.includeEnded) lookup = lookup.where(sql<boolean>`ended IS NULL`);
+    let query: Compilable<unknown> | CompiledQuery<unknown> = lookup;
     if (options.forUpdate) {
       // Lock mode: a transaction-scoped advisory lock keyed by the session, then the
-      // row, read by a second statement of the same message: its snapshot is taken
-      // after the lock was granted, so it sees what the previous holder committed. An
+      // lookup as a second statement of the same message: its snapshot is taken after
+      // the lock was granted, so it sees what the previous holder committed. An
       // advisory lock takes no transaction id and writes no WAL, so a lock-mode request
       // that writes nothing commits without a WAL flush (a row lock would need both).
-      // The session is found through its current token or a previous one, by id both
-      // times, so a rotation that commits while this waits still finds it; its grace is
-      // then judged afresh.
+      // A rotation that commits while this waits moves the presented token to
+      // previous_token: the lookup still finds the session there, and judges its grace
+      // afresh.
       const sessionId = db
         .selectFrom('sessions.session')
         .select('id')
         .where('tenant_id', '=', tenantId)
         .where('token_hash', '=', tokenHash)
-        .unionAll(previous.select('session_id as id'))
+        .unionAll(
+          db
+            .selectFrom('sessions.previous_token')
+            .select('session_id as id')
+            .where('tenant_id', '=', tenantId)
+            .where('token_hash', '=', tokenHash),
+        )
         .limit(1);
       const lock = db
         .selectFrom(sessionId.as('found'))
@@ -315,17 +319,6 @@ export class SessionStore {
             'locked',
           ),
         );
-      let locking = db
-        .selectFrom('sessions.session')
-        .select(
-          columns(
-            sql<boolean | null>`CASE WHEN token_hash = ${tokenHash} THEN NULL
-              ELSE coalesce(${graceOfPrevious}, true) END`,
-          ),
-        )
-        .where('tenant_id', '=', tenantId)
-        .where('id', '=', sessionId);
-      if (!options.includeEnded) locking = locking.where(live);
       // The lock wait ran with lockTimeout + statementTimeout (the middleware's
       // settings); the statements after it get the statement_timeout saved before.
       const restore = options.restoreStatementTimeout
@@ -334,28 +327,10 @@ export class SessionStore {
           ]
         : [];
       query = CompiledQuery.raw(
-        [inlineParameters(lock.compile()), ...restore, inlineParameters(locking.compile())].join(
+        [inlineParameters(lock.compile()), ...restore, inlineParameters(lookup.compile())].join(
           '; ',
         ),
       );
-    } else {
-      // One index probe in the common case: the second branch (a previous token) runs
-      // only when the current-token branch found nothing (LIMIT 1 stops the Append).
-      let current = db
-        .selectFrom('sessions.session')
-        .select(columns(sql<boolean | null>`NULL::boolean`))
-        .where('tenant_id', '=', tenantId)
-        .where('token_hash', '=', tokenHash);
-      let rotated = db
-        .selectFrom('sessions.session')
-        .select(columns(sql<boolean | null>`coalesce(${graceOfPrevious}, true)`))
-        .where('tenant_id', '=', tenantId)
-        .where('id', '=', previous.select('session_id'));
-      if (!options.includeEnded) {
-        current = current.where(live);
-        rotated = rotated.where(live);
-      }
-      query = current.unionAll(rotated).limit(1);
     }
     const { rows, fromReplica } = await runner.read(query);
     let row = rows[0] as PresentedSessionRow | undefined;

@@ -164,9 +164,9 @@ test.serial(
     await asSuperuser(roles.stdout);
     const up = await pgSessions(['migrate', 'up'], ownerEnv);
     t.is(up.code, 0, up.stderr);
-    t.is(up.stdout.match(/^applied /gm)?.length, 4, up.stdout);
+    t.is(up.stdout.match(/^applied /gm)?.length, 5, up.stdout);
     const again = await pgSessions(['migrate', 'up'], ownerEnv);
-    t.regex(again.stdout, /up to date \(4 applied\)/);
+    t.regex(again.stdout, /up to date \(5 applied\)/);
     const gate = await pgSessions(['migrate', 'status'], ownerEnv);
     t.is(gate.code, 0, gate.stdout + gate.stderr);
 
