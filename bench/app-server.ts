@@ -1,10 +1,6 @@
 // The one app process under load (started by bench/http.ts and bench/replicas.ts).
-// BENCH_VARIANT picks the session layer; the handlers are the same in every variant:
-//   POST /login  creates the session (user and a visit counter): the setup step
-//   GET  /read   reads two keys of the session
-//   POST /write  changes one of four keys of the session
-// A request whose session was not found answers 401, so a benchmark that silently
-// lost its sessions shows up as non-2xx responses instead of flattering numbers.
+// BENCH_VARIANT picks the session layer; the handlers (bench/handlers.ts) are the same
+// in every variant.
 // The runner reads counters over IPC (never over HTTP, which would count as load).
 // For the replica benchmark the runner sends a `topology` message (the primary's URL
 // and the replicas' to read from): pg-sessions then runs over a ReplicaRouter, rebuilt
@@ -16,8 +12,9 @@ import { createSession } from 'koa-session';
 import { ReplicaRouter, type RouterCounters } from '../src/db/replica-router.js';
 import { type SessionMiddleware, sessions } from '../src/index.js';
 import { type Message, serveRunner, tellRunner } from './child.js';
+import { benchHandler } from './handlers.js';
 import { redisStore } from './redis-store.js';
-import { BUSY_MICROS, hasSessions, ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
+import { hasSessions, ROUTER_POOL_SIZE, VARIANTS, type Variant } from './variants.js';
 
 /** What the runner asks for before and after each measured run. */
 export interface AppStats extends Message {
@@ -118,44 +115,7 @@ if (variant === 'koa-session') {
   });
 }
 
-/** Keeps this thread busy for `micros` µs (the bare-busy calibration). */
-function busy(micros: number): void {
-  const until = performance.now() + micros / 1000;
-  while (performance.now() < until) {
-    // spin: CPU work of a known length, with no allocation and no I/O
-  }
-}
-
-/** Bare Koa has no sessions: its handlers use one object shared by every request. */
-const shared: Record<string, unknown> = { user: 'everyone', visits: 0 };
-let logins = 0;
-let writes = 0;
-
-app.use((ctx) => {
-  if (variant === 'bare-busy') busy(BUSY_MICROS);
-  const session = (hasSessions(variant) ? ctx.session : shared) as Record<string, unknown> | null;
-  if (!session) throw new Error('no session object');
-  const route = `${ctx.method} ${ctx.path}`;
-  if (route === 'POST /login') {
-    session.user = `user-${++logins}`;
-    session.visits = 0;
-    ctx.body = 'ok';
-    return;
-  }
-  if (typeof session.user !== 'string') {
-    ctx.status = 401;
-    return;
-  }
-  if (route === 'GET /read') {
-    ctx.body = { user: session.user, visits: session.visits };
-  } else if (route === 'POST /write') {
-    writes++;
-    session[`k${writes % 4}`] = writes;
-    ctx.body = 'ok';
-  } else {
-    ctx.status = 404;
-  }
-});
+app.use(benchHandler(variant));
 
 const server: Server = await new Promise((resolve) => {
   const listening = app.listen(0, '127.0.0.1', () => resolve(listening));

@@ -1,5 +1,5 @@
 // App CPU per request of each session layer, on its own: the middleware and the same
-// handlers as bench/app-server.ts, called in this process on Koa contexts built from
+// handlers as the HTTP cells (bench/handlers.ts), called in this process on Koa contexts built from
 // unconnected sockets, so no HTTP parsing, no response writes and no load generator
 // share the measurement. Started by bench/run.ts with the http part.
 //
@@ -16,6 +16,7 @@ import Koa, { type Context, type Middleware } from 'koa';
 import { createSession } from 'koa-session';
 import { sessions } from '../src/index.js';
 import type { TestDatabase } from '../src/testing/index.js';
+import { benchHandler } from './handlers.js';
 import { redisStore } from './redis-store.js';
 
 export const PATH_VARIANTS = ['bare', 'koa-session', 'koa-session-redis', 'pg-sessions'] as const;
@@ -83,27 +84,6 @@ async function startLayer(
   return { app, middleware, close: () => middleware.close() };
 }
 
-/** Bare Koa has no sessions: its handlers use one object shared by every request. */
-const shared: Record<string, unknown> = { user: 'everyone', visits: 0 };
-
-/** bench/app-server.ts's handlers, answering 401 when the session was not found. */
-function handle(ctx: Context, variant: PathVariant, counter: { logins: number; writes: number }) {
-  const session = (variant === 'bare' ? shared : ctx.session) as Record<string, unknown>;
-  if (ctx.path === '/login') {
-    session.user = `user-${++counter.logins}`;
-    session.visits = 0;
-    ctx.body = 'ok';
-  } else if (typeof session.user !== 'string') {
-    ctx.status = 401;
-  } else if (ctx.path === '/read') {
-    ctx.body = { user: session.user, visits: session.visits };
-  } else {
-    counter.writes++;
-    session[`k${counter.writes % 4}`] = counter.writes;
-    ctx.body = 'ok';
-  }
-}
-
 /** A Koa context for one request, on a socket that never connects. */
 function contextFor(app: Koa, method: string, path: string, cookie: string | undefined): Context {
   const request = new http.IncomingMessage(new net.Socket());
@@ -135,19 +115,21 @@ class Jar {
 
 class Driver {
   readonly jars: Jar[] = [];
-  readonly #counter = { logins: 0, writes: 0 };
+  readonly #handle: (ctx: Context) => void;
 
   constructor(
     readonly variant: PathVariant,
     readonly layer: Layer,
-  ) {}
+  ) {
+    this.#handle = benchHandler(variant === 'pg-sessions' ? 'pg-sessions-cache' : variant);
+  }
 
   /** One request through the layer; false when it found no session or failed. */
   async request(method: string, path: string, jar: Jar): Promise<boolean> {
     const { app, middleware } = this.layer;
     const ctx = contextFor(app, method, path, jar.header);
     try {
-      const handler = async () => handle(ctx, this.variant, this.#counter);
+      const handler = async () => this.#handle(ctx);
       if (middleware) await middleware(ctx, handler);
       else await handler();
     } catch {
