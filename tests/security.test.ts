@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import test from 'ava';
 import Keygrip from 'keygrip';
-import type pg from 'pg';
+import pg from 'pg';
 import type { TestDatabase } from '../src/testing/index.js';
 import { sessionRows, setupDatabase } from './helpers/database.js';
 import { Browser, startApp, type TestApp } from './helpers/http.js';
@@ -197,4 +197,31 @@ test('__proto__ inside session data cannot pollute prototypes', async (t) => {
   t.is(read.status, 200);
   t.is(({} as Record<string, unknown>).polluted, undefined);
   t.deepEqual((read.body as { data: { payload: Record<string, unknown> } }).data.payload.ok, 1);
+});
+
+test('sessions.lookup_session obeys row-level security: naming another tenant than the transaction finds nothing', async (t) => {
+  const browser = new Browser(app.url);
+  await browser.request('/login?user=rls-user', {
+    method: 'POST',
+    headers: { 'x-tenant': 'rls' },
+  });
+  const [row] = await sessionRows(admin, 'rls');
+  if (!row) throw new Error('the login stored no session');
+  const client = new pg.Client(db.appUrl);
+  await client.connect();
+  try {
+    const lookup = async (setting: string, named: string) => {
+      const results = (await client.query(
+        `BEGIN; SELECT set_config('sessions.tenant', ${pg.escapeLiteral(setting)}, true);
+         SELECT id FROM sessions.lookup_session(${pg.escapeLiteral(named)},
+           '\\x${row.token_hash}'::bytea, make_interval(secs => 60), NULL); COMMIT`,
+      )) as unknown as pg.QueryResult[];
+      return results[2]?.rows ?? [];
+    };
+    t.deepEqual(await lookup('rls', 'rls'), [{ id: row.id }], 'its own tenant finds it');
+    t.deepEqual(await lookup('other', 'rls'), [], 'under another tenant the row is invisible');
+    t.deepEqual(await lookup('other', 'other'), [], 'and it is no session of that tenant');
+  } finally {
+    await client.end();
+  }
 });
