@@ -84,17 +84,6 @@ function count(name: string, value: string | undefined, fallback: number, min = 
   return parsed;
 }
 
-function selectedParts(only: string | undefined): readonly Part[] {
-  if (only === undefined) return PARTS;
-  const names = only.split(',').map((name) => name.trim());
-  for (const name of names) {
-    if (!(PARTS as readonly string[]).includes(name)) {
-      throw new Error(`--only takes a list of ${PARTS.join(', ')}; got ${name}`);
-    }
-  }
-  return PARTS.filter((part) => names.includes(part));
-}
-
 /** A comma-separated subset of `all` (all of it when absent), in `all`'s order. */
 function subset<T extends string>(name: string, value: string | undefined, all: readonly T[]): T[] {
   if (value === undefined) return [...all];
@@ -107,7 +96,7 @@ function subset<T extends string>(name: string, value: string | undefined, all: 
   return all.filter((item) => names.includes(item));
 }
 
-const parts = selectedParts(args.only);
+const parts: readonly Part[] = subset('only', args.only, PARTS);
 /** A run narrowed to some variants or mixes is a probe (a bisect, a profile): never recorded. */
 const narrowed = args.variants !== undefined || args.mixes !== undefined;
 const profileDir = args['cpu-prof'] ? mkdtempSync(join(tmpdir(), 'pg-sessions-bench-')) : undefined;
