@@ -105,3 +105,38 @@ test('a request transaction whose server goes away mid-request gets 503, and not
   t.is(down.status, 503);
   t.is((down.body as { error: string }).error, 'SESSION_STORE_UNAVAILABLE');
 });
+
+test('a database that is down at the first request gives 503, and the middleware starts once it is back', async (t) => {
+  const server = await PostgresServer.start();
+  t.teardown(() => server.destroy());
+  const migrated = await migrate(server.url(), 'up');
+  t.is(migrated.exitCode, 0, migrated.output);
+  await server.stop();
+  // Nothing has started the middleware: the first request starts it, and fails to.
+  const app = await startApp(
+    { database: server.url(), connectTimeout: 1000, statementTimeout: 1000 },
+    (router) => {
+      router.post('/set', (ctx) => {
+        ctx.session!.n = Number(ctx.session!.n ?? 0) + 1;
+        ctx.body = ctx.session!.n;
+      });
+    },
+  );
+  t.teardown(() => app.close());
+  const browser = new Browser(app.url);
+  const down = await browser.post('/set');
+  t.is(down.status, 503);
+  t.is((down.body as { error: string }).error, 'SESSION_STORE_UNAVAILABLE');
+  t.is(app.middleware.listenerPid, undefined, 'not started: no listener');
+
+  await server.launch();
+  let up = await browser.post('/set');
+  for (let attempt = 0; attempt < 30 && up.status !== 200; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    up = await browser.post('/set');
+  }
+  t.is(up.status, 200, 'a later request starts the middleware');
+  t.is(up.body, 1);
+  t.is((await browser.post('/set')).body, 2, 'the session written after the start is served');
+  t.not(app.middleware.listenerPid, undefined, 'started: the cache listener is up');
+});
