@@ -17,12 +17,15 @@ import {
   SessionConflictError,
   SessionDataError,
   SessionStateError,
+  SessionStoreUnavailableError,
   SessionTooLargeError,
+  toSessionError,
 } from './errors.js';
 import type { Logger } from './logger.js';
 import type { ConcurrencyMode } from './options.js';
 import { isStorableText } from './serialize.js';
 import {
+  type CommitRequest,
   collectChanges,
   isForcedSave,
   markSaved,
@@ -100,6 +103,8 @@ export class ContextSession implements SessionOwner {
   #poolRunner: StatementRunner | undefined;
   /** genid's non-secret label before the token in the key handed out. */
   #label: string | undefined;
+  /** The commit under way (one started by `ctx.session.save()`, say): the next waits for it. */
+  #committing: Promise<void> | undefined;
 
   constructor(
     private readonly engine: SessionEngine,
@@ -135,6 +140,13 @@ export class ContextSession implements SessionOwner {
   /** The configured cookie lifetime, what `session.maxAge` reads when not set. */
   get configuredMaxAge(): number | 'session' {
     return this.engine.options.cookie.maxAge;
+  }
+
+  /** When the loaded session expires: the sooner of its idle and absolute expiry. */
+  get expiresAt(): number | undefined {
+    const record = this.#record;
+    if (!record || this.#destroyed) return undefined;
+    return Math.min(record.idleExpiresAt.getTime(), record.absoluteExpiresAt.getTime());
   }
 
   /** koa-session's `externalKey`: the key as handed to the client. */
@@ -255,7 +267,9 @@ export class ContextSession implements SessionOwner {
       throw new SessionDataError('a user id with NUL or an unpaired surrogate', 'userId');
     }
     this.#pendingUserId = userId;
-    this.get()?.save();
+    // Marked, not saved: the binding is part of the request's one write at the end.
+    const session = this.get();
+    if (session) session._requireSave = true;
     if (regenerate) this.regenerate();
   }
 
@@ -535,10 +549,39 @@ export class ContextSession implements SessionOwner {
   }
 
   /**
+   * Commits now: the middleware's commit at the end of the request, or one the
+   * handler asked for (`ctx.session.save()`, `regenerate()`, `commit()`, koa-session's
+   * API). Commits of one request run one after another, never side by side, so a save
+   * the handler did not await still lands before the request's own commit looks.
+   */
+  async commit(request?: CommitRequest): Promise<void> {
+    while (this.#committing) await this.#committing.catch(() => undefined);
+    if (request?.save || request?.regenerate) {
+      const session = this.get();
+      if (!session) throw new SessionStateError('cannot save a destroyed session');
+      if (request.regenerate) this.regenerate();
+      session._requireSave = true;
+    }
+    const run = this.#commitOnce();
+    this.#committing = run;
+    try {
+      await run;
+    } catch (error) {
+      const translated = toSessionError(error);
+      if (translated instanceof SessionStoreUnavailableError) {
+        this.engine.metrics.increment('unavailable');
+      }
+      throw translated;
+    } finally {
+      if (this.#committing === run) this.#committing = undefined;
+    }
+  }
+
+  /**
    * Writes what the request changed, in one statement: create, delta save (with the
    * rotation and the user binding), destroy, or a batched touch when nothing changed.
    */
-  async commit(): Promise<void> {
+  async #commitOnce(): Promise<void> {
     const { options } = this.engine;
     this.#rotateIfDue();
     let changes = this.#session ? collectChanges(this.#session) : undefined;

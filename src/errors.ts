@@ -1,3 +1,5 @@
+import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
+
 /**
  * Every error pg-sessions throws is a {@link SessionError}: a stable `code` to branch
  * on, the HTTP `status` the middleware answers with, and `expose` (Koa's convention:
@@ -108,4 +110,21 @@ export class SessionStateError extends SessionError {
   constructor(message: string) {
     super(message, 'SESSION_STATE', 500, false);
   }
+}
+
+/**
+ * A database error as the typed session error it means (lock timeout, store
+ * unavailable); ours and the application's own errors pass through unchanged.
+ */
+export function toSessionError(error: unknown): unknown {
+  if (error instanceof SessionError) return error;
+  if (sqlStateOf(error) === SqlState.lockNotAvailable) {
+    return new SessionLockTimeoutError({ cause: error });
+  }
+  if (isUnavailableError(error)) {
+    return new SessionStoreUnavailableError('the session database is unavailable; retry shortly', {
+      cause: error,
+    });
+  }
+  return error;
 }

@@ -7,13 +7,13 @@ import { ContextSession, emitDeferred } from './context-session.js';
 import { SessionControl } from './control.js';
 import { readToken } from './cookie.js';
 import type { RequestDatabase } from './db/schema.js';
-import { isUnavailableError, SqlState, sqlStateOf } from './db/sqlstate.js';
+import { isUnavailableError } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
 import {
   SessionError,
-  SessionLockTimeoutError,
   SessionOptionsError,
   SessionStoreUnavailableError,
+  toSessionError,
 } from './errors.js';
 import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
@@ -149,14 +149,14 @@ export function sessions(
     } catch (error) {
       if (resolved.koa.autoCommit) {
         try {
-          await guard(context.commit());
+          await context.commit();
         } catch (commitError) {
           resolved.logger.error({ err: commitError }, 'the session could not be saved');
         }
       }
       throw error;
     }
-    if (resolved.koa.autoCommit) await guard(context.commit());
+    if (resolved.koa.autoCommit) await context.commit();
   }
 
   async function inRequestTransaction(context: ContextSession, next: Next): Promise<void> {
@@ -181,14 +181,14 @@ export function sessions(
         // A handler that throws rolls the whole transaction back, session included.
         if (!resolved.koa.autoCommit) return;
         // Each write sets the actor again (the handler may have bound a user).
-        await guard(context.commit());
+        await context.commit();
         // COMMIT and the deferred notifications, in one message (RequestTransactionDriver).
         metrics.roundTrip();
       });
     } catch (error) {
       // BEGIN or COMMIT failing; the handler's own errors pass through untouched.
       if (!began || (!(error instanceof SessionError) && isUnavailableError(error))) {
-        throw translate(error);
+        throw toSessionError(error);
       }
       throw error;
     } finally {
@@ -225,7 +225,7 @@ export function sessions(
     try {
       return await work;
     } catch (error) {
-      const translated = translate(error);
+      const translated = toSessionError(error);
       if (translated instanceof SessionStoreUnavailableError) metrics.increment('unavailable');
       throw translated;
     }
@@ -251,19 +251,6 @@ export function sessions(
     get: () => (engine.listener?.healthy ? engine.listener.backendPid : undefined),
     enumerable: true,
   }) as SessionMiddleware;
-}
-
-/** Database errors become typed session errors; ours and the handler's pass through. */
-function translate(error: unknown): unknown {
-  if (error instanceof SessionError) return error;
-  if (sqlStateOf(error) === SqlState.lockNotAvailable)
-    return new SessionLockTimeoutError({ cause: error });
-  if (isUnavailableError(error)) {
-    return new SessionStoreUnavailableError('the session database is unavailable; retry shortly', {
-      cause: error,
-    });
-  }
-  return error;
 }
 
 /**

@@ -14,7 +14,10 @@ export const RESERVED_KEYS: ReadonlySet<string> = new Set([
   'save',
   'regenerate',
   'manuallyCommit',
+  'commit',
   'externalKey',
+  '_requireSave',
+  '_expire',
 ]);
 
 /** Deepest nesting of objects and arrays a session value may have. */

@@ -19,17 +19,31 @@ export interface LoadedValue {
  */
 export type DataSnapshot = ReadonlyMap<string, LoadedValue>;
 
+/** What koa-session's `commit(options)` may ask for besides the ordinary commit. */
+export interface CommitRequest {
+  /** Write even if nothing changed (koa-session's `save()`). */
+  readonly save?: boolean;
+  /** Issue a new token for the session, then write (koa-session's `regenerate()`). */
+  readonly regenerate?: boolean;
+}
+
+/** Node's callback convention, as koa-session 7 and passport call it. */
+export type SessionCallback = (error?: Error) => void;
+
 /** What a session object asks of the request that owns it (koa-session's `_sessCtx`). */
 export interface SessionOwner {
   /** The configured cookie lifetime, what `session.maxAge` reads when not set. */
   readonly configuredMaxAge: number | 'session';
-  /** Rotates the token at commit (koa-session's `regenerate()`). */
-  regenerate(): void;
-  /** Commits now (koa-session's `manuallyCommit()`). */
-  commit(): Promise<void>;
+  /** When the loaded session expires (ms since the epoch), undefined for a new one. */
+  readonly expiresAt: number | undefined;
+  /** Commits now, after any commit already under way (koa-session's `ContextSession.commit`). */
+  commit(request?: CommitRequest): Promise<void>;
   /** The key as handed to the client (cookie value or external key). */
   externalKey(): string | undefined;
 }
+
+/** The cookie lifetime a session outside any request reports (koa-session's one day). */
+const UNOWNED_MAX_AGE = 24 * 60 * 60 * 1000;
 
 /** What the middleware tracks about a session object, kept off its enumerable keys. */
 interface SessionInternals {
@@ -93,6 +107,17 @@ export class Session {
 
   static {
     stateOf = (session) => session.#state;
+    // Read-only to TypeScript; at run time, assigning one of these is the typed data
+    // error any reserved key gets (koa-session has plain fields there), not a TypeError.
+    for (const name of ['isNew', 'length', 'populated', 'externalKey', '_expire']) {
+      const accessor = Object.getOwnPropertyDescriptor(Session.prototype, name);
+      Object.defineProperty(Session.prototype, name, {
+        ...accessor,
+        set() {
+          throw new SessionDataError('this key name is reserved', name);
+        },
+      });
+    }
   }
 
   /**
@@ -130,9 +155,9 @@ export class Session {
    * The cookie's max age in ms for this session, or 'session' for a browser-session
    * cookie: the value set on this session in this request, else the configured one.
    */
-  get maxAge(): number | 'session' | undefined {
+  get maxAge(): number | 'session' {
     const state = this.#state;
-    return state.maxAge ?? state.owner?.configuredMaxAge;
+    return state.maxAge ?? state.owner?.configuredMaxAge ?? UNOWNED_MAX_AGE;
   }
 
   set maxAge(value: number | 'session' | undefined) {
@@ -164,9 +189,41 @@ export class Session {
     return data;
   }
 
-  /** Marks the session to be saved even if no key changed (koa-session's `save()`). */
-  save(): void {
-    this.#state.forceSave = true;
+  /**
+   * koa-session's `_requireSave`: true once `save()` or a `maxAge` change asked for a
+   * write that the request has not made yet. Setting it true forces the next commit.
+   */
+  get _requireSave(): boolean {
+    return this.#state.forceSave;
+  }
+
+  set _requireSave(value: boolean) {
+    this.#state.forceSave = value === true;
+  }
+
+  /**
+   * koa-session's `_expire`: when the session expires (ms since the epoch), the sooner of
+   * its idle and absolute expiry as loaded; undefined for a session not yet stored.
+   * Read-only: expiry is the database's (`idleTimeout`, `absoluteTimeout`).
+   */
+  get _expire(): number | undefined {
+    return this.#state.owner?.expiresAt;
+  }
+
+  /**
+   * koa-session's `save()`: writes the session now, even if nothing changed, and sets
+   * the cookie. Returns a promise, or calls `callback` when done (then returns
+   * undefined), as koa-session 7 does; passport's login waits on it.
+   *
+   * @example
+   * await ctx.session.save();
+   * ctx.session.save((error) => { if (!error) ctx.redirect('/'); });
+   */
+  save(): Promise<void>;
+  save(callback: SessionCallback): undefined;
+  save(callback?: SessionCallback): Promise<void> | undefined;
+  save(callback?: SessionCallback): Promise<void> | undefined {
+    return this.commit({ save: true }, callback);
   }
 
   inspect(): Record<string, unknown> {
@@ -178,15 +235,49 @@ export class Session {
     return this.toJSON();
   }
 
-  /** koa-session's `ctx.session.regenerate()`: a new token for the same session, at commit. */
-  regenerate(): Promise<void> {
-    this.#state.owner?.regenerate();
-    return Promise.resolve();
+  /**
+   * koa-session's `regenerate()`: a new token for the same session (same id, same data),
+   * written now; the old token reaches the session only for `rotationGrace`. Promise or
+   * callback, as {@link save}.
+   */
+  regenerate(): Promise<void>;
+  regenerate(callback: SessionCallback): undefined;
+  regenerate(callback?: SessionCallback): Promise<void> | undefined;
+  regenerate(callback?: SessionCallback): Promise<void> | undefined {
+    return this.commit({ regenerate: true }, callback);
   }
 
   /** koa-session's `manuallyCommit()`: writes now (with `autoCommit: false`, the only write). */
-  async manuallyCommit(): Promise<void> {
-    await this.#state.owner?.commit();
+  manuallyCommit(): Promise<void> {
+    return this.commit() as Promise<void>;
+  }
+
+  /**
+   * koa-session's `commit(options?, callback?)`: commits what the request changed now,
+   * `{ save: true }` even if nothing did, `{ regenerate: true }` with a new token. The
+   * callback (or the promise) settles once the row is written and the cookie set.
+   */
+  commit(options?: CommitRequest): Promise<void>;
+  commit(callback: SessionCallback): undefined;
+  commit(options: CommitRequest | undefined, callback: SessionCallback): undefined;
+  commit(
+    options?: CommitRequest | SessionCallback,
+    callback?: SessionCallback,
+  ): Promise<void> | undefined;
+  commit(
+    options?: CommitRequest | SessionCallback,
+    callback?: SessionCallback,
+  ): Promise<void> | undefined {
+    if (typeof options === 'function') return this.commit(undefined, options);
+    const owner = this.#state.owner;
+    // A session read before the middleware ran has no request to commit it yet.
+    const done = owner ? owner.commit(options) : Promise.resolve();
+    if (!callback) return done;
+    done.then(
+      () => callback(),
+      (error: unknown) => callback(error instanceof Error ? error : new Error(String(error))),
+    );
+    return undefined;
   }
 
   /** koa-session's `externalKey`: the session key as handed to the client. */

@@ -22,7 +22,7 @@ function serveOneRequest(): void {
   const request: { session?: Session; state: number[] } = { state: new Array(256).fill(1) };
   const owner: SessionOwner = {
     configuredMaxAge: 86_400_000,
-    regenerate: () => {},
+    expiresAt: undefined,
     commit: async () => {},
     externalKey: () => (request.session ? 'key' : undefined),
   };
