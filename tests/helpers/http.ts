@@ -63,10 +63,21 @@ export async function startApp(
   };
 }
 
+/** How a {@link Browser} fetches; the defaults are fetch's own. */
+export interface BrowserOptions {
+  /** 'manual': a redirect is answered as it is (status, Location, Set-Cookie), not followed. */
+  readonly redirect?: 'follow' | 'manual';
+  /** Each request fails, naming itself, when no answer came within this many ms. */
+  readonly timeoutMs?: number;
+}
+
 /** A minimal cookie-keeping HTTP client, like a browser for one site. */
 export class Browser {
   readonly cookies = new Map<string, string>();
-  constructor(readonly baseUrl: string) {}
+  constructor(
+    readonly baseUrl: string,
+    readonly options: BrowserOptions = {},
+  ) {}
 
   async request(
     path: string,
@@ -81,11 +92,21 @@ export class Browser {
       body = JSON.stringify(init.body);
       headers['content-type'] = 'application/json';
     }
-    const response = await fetch(`${this.baseUrl}${path}`, {
-      method: init.method ?? 'GET',
-      headers,
-      body,
-    });
+    const method = init.method ?? 'GET';
+    const { redirect, timeoutMs } = this.options;
+    let response: Response;
+    try {
+      response = await fetch(`${this.baseUrl}${path}`, {
+        method,
+        headers,
+        body,
+        redirect,
+        signal: timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs),
+      });
+    } catch (error) {
+      if ((error as Error).name !== 'TimeoutError') throw error;
+      throw new Error(`${method} ${path} got no answer within ${timeoutMs} ms`);
+    }
     const setCookies = response.headers.getSetCookie();
     for (const line of setCookies) {
       const [pair = '', ...attributes] = line.split(';');
@@ -114,8 +135,9 @@ export class Browser {
     return this.request(path, { method: 'POST', body });
   }
 
-  clone(): Browser {
-    const copy = new Browser(this.baseUrl);
+  /** The same cookies in a second client, for this site or (`baseUrl`) another node of it. */
+  clone(baseUrl = this.baseUrl): Browser {
+    const copy = new Browser(baseUrl, this.options);
     for (const [name, value] of this.cookies) copy.cookies.set(name, value);
     return copy;
   }
