@@ -66,3 +66,13 @@ test('every TypeScript snippet of the README compiles against the sources', asyn
     });
   t.deepEqual(problems, []);
 });
+
+test('the README’s passport login is examples/passport-login.ts, the file the ecosystem test runs', async (t) => {
+  const [readme, example, passportTest] = await Promise.all([
+    readFile(`${ROOT}README.md`, 'utf8'),
+    readFile(`${ROOT}examples/passport-login.ts`, 'utf8'),
+    readFile(`${ROOT}tests/ecosystem/passport.test.ts`, 'utf8'),
+  ]);
+  t.true(readme.includes(`\`\`\`ts\n${example}\`\`\``), 'README shows the file verbatim');
+  t.regex(passportTest, /from '\.\.\/\.\.\/examples\/passport-login\.js'/);
+});

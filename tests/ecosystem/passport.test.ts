@@ -7,10 +7,9 @@
 import { createHash } from 'node:crypto';
 import test, { type ExecutionContext } from 'ava';
 import type Koa from 'koa';
-import koaPassport from 'koa-passport';
 import type Router from 'koa-router';
-import { Strategy as LocalStrategy } from 'passport-local';
 import type pg from 'pg';
+import { type Account, passportLogin } from '../../examples/passport-login.js';
 import type { TestDatabase } from '../../src/testing/index.js';
 import { sessionRows, setupDatabase } from '../helpers/database.js';
 import type { Browser } from '../helpers/http.js';
@@ -26,40 +25,19 @@ import {
   storageFor,
 } from './harness.js';
 
-interface User {
-  readonly id: string;
-  readonly username: string;
-  readonly password: string;
-  readonly name: string;
-}
-
-const USERS: readonly User[] = [
+const USERS: readonly Account[] = [
   { id: '1', username: 'ada', password: 'correct horse battery staple', name: 'Ada Lovelace' },
   { id: '2', username: 'grace', password: 'cobol forever', name: 'Grace Hopper' },
 ];
 const ADA = { username: 'ada', password: 'correct horse battery staple' };
 
-/** The routes and passport set-up of every node, whatever its session backend. */
+/**
+ * Every node, whatever its session backend: the README's example (examples/passport-login.ts)
+ * and the routes these tests add with its passport instance (one per node, as each
+ * process of a real deployment has its own).
+ */
 function passportApp(app: Koa, router: Router): void {
-  // One Authenticator per node, as each process of a real deployment has its own.
-  const passport = new koaPassport.KoaPassport();
-  passport.use(
-    new LocalStrategy((username, password, done) => {
-      const user = USERS.find((candidate) => candidate.username === username);
-      if (!user || user.password !== password) {
-        done(null, false, { message: 'wrong username or password' });
-        return;
-      }
-      done(null, user);
-    }),
-  );
-  passport.serializeUser((user, done) => done(null, (user as User).id));
-  passport.deserializeUser((id: string, done) => {
-    done(null, USERS.find((user) => user.id === id) ?? false);
-  });
-  app.use(passport.initialize());
-  app.use(passport.session());
-
+  const passport = passportLogin(app, router, USERS);
   const failureRedirect = '/login?failed=1';
   router.get('/visit', (ctx) => {
     const session = ctx.session!;
@@ -67,10 +45,6 @@ function passportApp(app: Koa, router: Router): void {
     session.visits = Number(session.visits ?? 0) + 1;
     ctx.body = { id: sessionId(ctx) };
   });
-  router.post(
-    '/login',
-    passport.authenticate('local', { successRedirect: '/me', failureRedirect }),
-  );
   router.post(
     '/login/keep',
     passport.authenticate('local', {
@@ -96,19 +70,6 @@ function passportApp(app: Koa, router: Router): void {
   router.post('/login/direct', (ctx) => {
     ctx.session!.passport = { user: '1' };
     ctx.body = { ok: true };
-  });
-  router.post('/logout', async (ctx) => {
-    await ctx.logout();
-    ctx.redirect('/');
-  });
-  router.get('/me', (ctx) => {
-    if (!ctx.isAuthenticated()) {
-      ctx.status = 401;
-      ctx.body = { error: 'not logged in' };
-      return;
-    }
-    const user = ctx.state.user as User;
-    ctx.body = { id: user.id, name: user.name };
   });
   router.get('/session', (ctx) => {
     ctx.body = { id: sessionId(ctx), data: sessionData(ctx) };
