@@ -1,4 +1,5 @@
 // `npm start`: the demo on DATABASE_URL, or on an embedded PostgreSQL kept in .data/.
+import { chmod, chown, readdir, realpath, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,6 +8,12 @@ import { loadSeed } from '../seeds/load.js';
 import { resolveConnectionConfig } from '../src/db/connection-config.js';
 import { migrate, type SessionMiddleware } from '../src/index.js';
 import { PostgresServer } from '../src/testing/index.js';
+import {
+  blockedFolder,
+  SERVICE_USER,
+  unprivilegedUser,
+  unreachableMessage,
+} from '../src/testing/os-user.js';
 import { createDemoApp } from './app.js';
 import {
   claimInstance,
@@ -29,8 +36,57 @@ const stateDir = resolve(
 /** A failure the user can act on: printed as one line, without a stack. */
 class DemoError extends Error {}
 
+/** What the demo keeps in its state folder. */
+const STATE_ENTRIES = new Set(['demo.pid', 'postgres.port', 'postgres']);
+
+/**
+ * Run by root, the embedded server runs as an unprivileged user, who must be able to
+ * enter the state folder. A folder of root's that holds nothing but the demo's state (a
+ * fresh `mktemp -d`, mode 0700, say) is opened to that user alone: its group becomes the
+ * user's group, given search permission only (0700 becomes 0710); no other user gains
+ * anything, and the data below stays the server user's own (0700). Anything else is
+ * refused in one line saying what to do: the folders above the state folder, a folder
+ * holding other files, or one whose group already has access are not the demo's to change.
+ */
+async function letServerIn(): Promise<void> {
+  const runAs = await unprivilegedUser();
+  if (runAs.uid === undefined || runAs.gid === undefined) return;
+  const folder = await realpath(stateDir);
+  const blocked = await blockedFolder(folder, runAs);
+  if (!blocked) return;
+  const named = process.env.DEMO_DATA_DIR
+    ? `DEMO_DATA_DIR ${stateDir}`
+    : `the demo folder ${stateDir} (DEMO_DATA_DIR moves it)`;
+  const refusal = (remedy?: string) => new DemoError(unreachableMessage(named, blocked, remedy));
+  if (blocked !== folder) throw refusal();
+  const info = await stat(folder);
+  if (info.uid !== process.getuid?.()) throw refusal();
+  const other = (await readdir(folder)).find((entry) => !STATE_ENTRIES.has(entry));
+  if (other !== undefined) {
+    throw refusal(
+      `it holds files other than the demo's (${other}), so the demo leaves its permissions ` +
+        `alone: run chmod o+x ${folder} or choose an empty folder`,
+    );
+  }
+  if ((info.mode & 0o070) !== 0 && info.gid !== runAs.gid) {
+    throw refusal(
+      `its group (gid ${info.gid}) has access to it, so the demo leaves its group alone: ` +
+        `run chmod o+x ${folder} or choose another folder`,
+    );
+  }
+  const mode = (info.mode & 0o7777) | 0o010;
+  await chown(folder, info.uid, runAs.gid);
+  await chmod(folder, mode);
+  if (await blockedFolder(folder, runAs)) throw refusal();
+  say(
+    `let the PostgreSQL user '${SERVICE_USER}' (PostgreSQL refuses to run as root) enter ` +
+      `${folder}: group gid ${runAs.gid}, mode ${mode.toString(8).padStart(4, '0')}`,
+  );
+}
+
 async function embeddedServer(): Promise<PostgresServer> {
   const dataDir = join(stateDir, 'postgres');
+  await letServerIn();
   const orphan = await stopOrphanedPostmaster(dataDir);
   if (orphan) {
     say(`stopped the embedded PostgreSQL (pid ${orphan}) that a killed demo left running`);

@@ -1,14 +1,19 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { access, chmod, chown, cp, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { resolveConnectionConfig } from '../db/connection-config.js';
 import { type PostgresBinaries, resolveBinaries } from './binaries.js';
 import { freePort } from './free-port.js';
-import { type RunAs, unprivilegedUser } from './os-user.js';
+import {
+  blockedFolder,
+  type RunAs,
+  serverTmpdir,
+  unprivilegedUser,
+  unreachableMessage,
+} from './os-user.js';
 import { scratchFolder, trackDataDir, untrackDataDir } from './reaper.js';
 
 const execFileAsync = promisify(execFile);
@@ -30,7 +35,12 @@ const FAST_SETTINGS: Readonly<Record<string, string>> = {
 export interface PostgresServerOptions {
   /** The binaries to run. @default resolveBinaries() — PG_BIN_DIR, else the embedded packages */
   readonly binaries?: PostgresBinaries;
-  /** The data folder. @default a fresh folder below the per-process scratch folder, removed by destroy() */
+  /**
+   * The data folder; when this process is root, the server's user must be able to enter
+   * every folder above it (else start() refuses in one line).
+   * @default a fresh folder below the per-process scratch folder, removed by destroy(); that
+   * is below TMPDIR, or below /tmp when the server's user cannot enter TMPDIR
+   */
   readonly dataDir?: string;
   /** The TCP port on 127.0.0.1. @default a free port */
   readonly port?: number;
@@ -90,8 +100,12 @@ export class PostgresServer {
     const runAs = await unprivilegedUser();
     const binaries = await runnableBinaries(options.binaries ?? (await resolveBinaries()), runAs);
     const ownsDataDir = options.dataDir === undefined;
-    const dataDir = options.dataDir ?? (await mkdtemp(join(scratchFolder(), 'data-')));
+    const dataDir =
+      options.dataDir ?? (await mkdtemp(join(scratchFolder(await serverTmpdir(runAs)), 'data-')));
     await mkdir(dataDir, { recursive: true });
+    // Refused before the folder is handed over: else initdb fails with "Permission denied".
+    const blocked = await blockedFolder(dirname(dataDir), runAs);
+    if (blocked) throw new Error(unreachableMessage(`data folder ${dataDir}`, blocked));
     await chmod(dataDir, 0o700);
     if (runAs.uid !== undefined) await chown(dataDir, runAs.uid, runAs.gid ?? runAs.uid);
     const settings: Record<string, string> = { ...FAST_SETTINGS };
@@ -328,7 +342,7 @@ async function runnableBinaries(bins: PostgresBinaries, runAs: RunAs): Promise<P
   if (canRun) return bins;
   const installRoot = join(bins.binDir, '..');
   const copyRoot = join(
-    tmpdir(),
+    await serverTmpdir(runAs),
     `pg-sessions-bin-${createHash('sha256').update(installRoot).digest('hex').slice(0, 12)}`,
   );
   const copied = await access(join(copyRoot, 'bin', 'postgres')).then(

@@ -41,10 +41,14 @@ const timer = setInterval(() => {
 }, 500);
 `;
 
-/** The per-process scratch folder, created (and watched) on first use. */
-export function scratchFolder(): string {
+/**
+ * The per-process scratch folder, created (and watched) on first use below `parent`
+ * (which later calls no longer change): PostgresServer passes a folder the server's
+ * user can reach (serverTmpdir).
+ */
+export function scratchFolder(parent: string = tmpdir()): string {
   if (scratchRoot) return scratchRoot;
-  scratchRoot = mkdtempSync(join(tmpdir(), `pg-sessions-${process.pid}-`));
+  scratchRoot = mkdtempSync(join(parent, `pg-sessions-${process.pid}-`));
   // The unprivileged server user must be able to reach its data folder below it.
   chmodSync(scratchRoot, 0o755);
   const watchdog = spawn(process.execPath, ['-e', WATCHDOG, String(process.pid), scratchRoot], {
