@@ -220,6 +220,31 @@ REVOKE EXECUTE ON FUNCTION sessions.content_changed(sessions.session,sessions.se
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session,sessions.session) TO sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session,sessions.session) TO sessions_app;
 
+CREATE OR REPLACE FUNCTION sessions.create_session(tenant text, actor text, new_token_hash bytea, new_data jsonb, new_user_id text, client_ip inet, client_user_agent text, idle_timeout interval, absolute_timeout interval, touch_interval interval, rotate_interval interval, relaxed boolean)
+ RETURNS TABLE(id uuid, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+BEGIN
+  PERFORM set_config('sessions.tenant', tenant, true), set_config('sessions.actor', actor, true);
+  IF relaxed AND new_user_id IS NULL THEN
+    PERFORM set_config('synchronous_commit', 'off', true);
+  END IF;
+  RETURN QUERY
+    INSERT INTO sessions.session AS s (tenant_id, token_hash, user_id, data, idle_expires_at,
+                                       absolute_expires_at, ip, user_agent)
+    VALUES (tenant, new_token_hash, new_user_id, new_data,
+            now() + least(idle_timeout, absolute_timeout), now() + absolute_timeout,
+            client_ip, client_user_agent)
+    RETURNING s.id, s.version, s.created_at, s.last_seen_at, s.idle_expires_at,
+              s.absolute_expires_at, s.token_issued_at;
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,interval,interval,boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,interval,interval,boolean) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,interval,interval,boolean) TO sessions_app;
+
 CREATE OR REPLACE FUNCTION sessions.current_actor()
  RETURNS text
  LANGUAGE sql
@@ -387,14 +412,14 @@ BEGIN
            ) AS e(kind, keys, reason, happened)
      WHERE e.happened
   )
-  -- Only a change of data alone may wait for notify_deferred (see there).
+  -- Data, rotation and binding may wait for notify_deferred (see there); a revocation
+  -- or any other column never does.
   SELECT jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
-           FILTER (WHERE NOT (defer AND data_only)),
+           FILTER (WHERE NOT (defer AND may_wait)),
          jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
-           FILTER (WHERE defer AND data_only)
+           FILTER (WHERE defer AND may_wait)
     INTO entries, deferred
-    FROM (SELECT c.*, c.changed_keys IS NOT NULL AND NOT (c.rotated OR c.bound OR c.revoked)
-                      AND cardinality(c.altered) = 0 AS data_only
+    FROM (SELECT c.*, NOT c.revoked AND cardinality(c.altered) = 0 AS may_wait
             FROM changed c) AS classified;
   IF entries IS NOT NULL THEN
     PERFORM sessions.notify_changes('update', entries);
@@ -616,6 +641,94 @@ END
 $function$;
 ALTER FUNCTION sessions.revoke_user(text,text,text) OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.revoke_user(text,text,text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION sessions.save_session(tenant text, actor text, session_id uuid, loaded_version bigint, patch jsonb, removed text[], expected jsonb, bind_user boolean, new_user_id text, new_token_hash bytea, only_if_token_hash bytea, rotation_ip inet, rotation_user_agent text, idle_timeout interval, rotation_grace interval, touch_interval interval, rotate_interval interval, relaxed boolean)
+ RETURNS TABLE(token_hash bytea, user_id text, data jsonb, version bigint, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+DECLARE
+  replaced bytea;
+  current_version bigint;
+  rotate_to bytea := new_token_hash;
+BEGIN
+  PERFORM set_config('sessions.tenant', tenant, true), set_config('sessions.actor', actor, true);
+  IF relaxed AND new_token_hash IS NULL AND NOT bind_user THEN
+    PERFORM set_config('synchronous_commit', 'off', true);
+  END IF;
+  IF rotate_to IS NOT NULL THEN
+    -- The token being replaced is the row's newest, read under the row lock: a
+    -- concurrent rotation that committed first is recorded, never lost.
+    SELECT s.token_hash, s.version INTO replaced, current_version
+      FROM sessions.session AS s
+     WHERE s.tenant_id = tenant AND s.id = session_id
+       AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
+       FOR UPDATE;
+    IF NOT FOUND THEN
+      RETURN;
+    END IF;
+    IF only_if_token_hash IS NOT NULL AND replaced <> only_if_token_hash THEN
+      rotate_to := NULL;
+    END IF;
+  END IF;
+  PERFORM set_config('sessions.defer_notify', 'on', true);
+  RETURN QUERY
+    UPDATE sessions.session AS s
+       SET data = (s.data || patch) - removed,
+           last_seen_at = greatest(s.last_seen_at, now()),
+           idle_expires_at = greatest(s.idle_expires_at,
+                                      least(now() + idle_timeout, s.absolute_expires_at)),
+           token_hash = coalesce(rotate_to, s.token_hash),
+           token_issued_at = CASE WHEN rotate_to IS NULL THEN s.token_issued_at ELSE now() END,
+           user_id = CASE WHEN bind_user THEN new_user_id ELSE s.user_id END
+     WHERE s.tenant_id = tenant AND s.id = session_id
+       AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
+       AND coalesce(current_version, s.version) = loaded_version
+       AND (expected IS NULL OR NOT EXISTS (
+             SELECT FROM jsonb_each(expected) AS e(key, loaded)
+              WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
+                         ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
+    RETURNING s.token_hash, s.user_id, NULL::jsonb, s.version, s.last_seen_at,
+              s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
+              s.last_seen_at < now() - touch_interval,
+              coalesce(s.token_issued_at <= now() - rotate_interval, false);
+  IF NOT FOUND THEN
+    -- Another request changed the row since this one loaded it (or it ended, or a
+    -- strict expectation fails): the same update on whatever the row is now, with its data.
+    PERFORM set_config('sessions.defer_notify', 'on', true);
+    RETURN QUERY
+      UPDATE sessions.session AS s
+         SET data = (s.data || patch) - removed,
+             last_seen_at = greatest(s.last_seen_at, now()),
+             idle_expires_at = greatest(s.idle_expires_at,
+                                        least(now() + idle_timeout, s.absolute_expires_at)),
+             token_hash = coalesce(rotate_to, s.token_hash),
+             token_issued_at = CASE WHEN rotate_to IS NULL THEN s.token_issued_at ELSE now() END,
+             user_id = CASE WHEN bind_user THEN new_user_id ELSE s.user_id END
+       WHERE s.tenant_id = tenant AND s.id = session_id
+         AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
+         AND (expected IS NULL OR NOT EXISTS (
+               SELECT FROM jsonb_each(expected) AS e(key, loaded)
+                WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
+                           ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
+      RETURNING s.token_hash, s.user_id, s.data, s.version, s.last_seen_at,
+                s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
+                s.last_seen_at < now() - touch_interval,
+                coalesce(s.token_issued_at <= now() - rotate_interval, false);
+  END IF;
+  -- A retry of a rotation that had committed finds its own token: nothing replaced.
+  IF FOUND AND rotate_to IS NOT NULL AND rotate_to IS DISTINCT FROM replaced THEN
+    INSERT INTO sessions.previous_token (tenant_id, token_hash, session_id, grace_expires_at,
+                                         rotation_ip, rotation_user_agent)
+    VALUES (tenant, replaced, session_id, now() + rotation_grace, rotation_ip, rotation_user_agent)
+    ON CONFLICT DO NOTHING;
+  END IF;
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,interval,interval,boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,interval,interval,boolean) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,interval,interval,boolean) TO sessions_app;
 
 CREATE TRIGGER previous_token_log_reuse AFTER UPDATE ON sessions.previous_token REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_token_reuse();
 CREATE TRIGGER session_bump_version BEFORE UPDATE ON sessions.session FOR EACH ROW EXECUTE FUNCTION sessions.bump_version();

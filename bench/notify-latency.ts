@@ -10,7 +10,8 @@
 // change: the new value, or no session at all.
 import pg from 'pg';
 import { SessionEngine } from '../src/engine.js';
-import { resolveOptions } from '../src/options.js';
+import { resolveOptions } from '../src/options/resolve.js';
+import type { SessionRecord } from '../src/store/records.js';
 import type { TestDatabase } from '../src/testing/index.js';
 import { Child, type Message } from './child.js';
 import type { Applied } from './eviction-probe.js';
@@ -62,7 +63,7 @@ export async function runNotifyLatency(
     resolveOptions({ database: database.appUrl, cache: false, gc: false }),
   );
   await engine.start();
-  const runner = engine.runner({ tenant: 'default', actor: 'bench:A' });
+  const store = engine.store('default');
   try {
     const { port } = await probe.next<Message & { port: number }>('ready');
     const url = `http://127.0.0.1:${port}`;
@@ -76,13 +77,13 @@ export async function runNotifyLatency(
       applied.catch(() => {}); // awaited below; a failure before that must not go unhandled
       if (operation === 'deferred') {
         const committing = clock();
-        const { record } = await engine.store.saveDelta(runner, {
-          tenantId: 'default',
-          id: session.id,
+        const { saved } = await store.save({
+          loaded: { id: session.id, version: 0 } as SessionRecord,
           patch: { bumped: index },
           removed: [],
+          actor: 'bench:A',
         });
-        if (!record) throw new Error(`the deferred write of ${session.id} matched no row`);
+        if (!saved) throw new Error(`the deferred write of ${session.id} matched no row`);
         const committed = clock();
         const evicted = await applied;
         samples.push({

@@ -27,6 +27,14 @@ export const PATH_OPS = ['read', 'write'] as const;
 export type PathOp = (typeof PATH_OPS)[number];
 
 export interface PathSettings {
+  /** The layers to measure (default: all of {@link PATH_VARIANTS}). */
+  readonly variants?: readonly PathVariant[];
+  /** The operations to measure (default: both). */
+  readonly ops?: readonly PathOp[];
+  /** Options for the pg-sessions layer beyond its database (e.g. `{ durability: 'relaxed' }`). */
+  readonly pgSessionsOptions?: Readonly<Record<string, unknown>>;
+  /** Called around each measured (not warm-up) cell: a profiler starts and stops here. */
+  readonly onMeasure?: (phase: 'start' | 'stop', label: string) => Promise<void>;
   readonly sessions: number;
   /** Requests in flight at a time (as the HTTP cells' connections). */
   readonly connections: number;
@@ -42,6 +50,8 @@ export interface PathCell {
   readonly requests: number;
   /** This process's CPU time (user + system) per request, in microseconds. */
   readonly cpuMicrosPerRequest: number;
+  /** The part of it spent in the kernel (socket reads and writes, wake-ups). */
+  readonly systemMicrosPerRequest?: number;
   /** Requests that found no session (401) or failed: a broken cell, never a fast one. */
   readonly failed: number;
 }
@@ -62,6 +72,7 @@ const KEYS = ['benchmark key, the same for every variant'];
 async function startLayer(
   variant: PathVariant,
   database: TestDatabase | undefined,
+  pgSessionsOptions: Readonly<Record<string, unknown>> = {},
 ): Promise<Layer> {
   const app = new Koa();
   app.keys = KEYS;
@@ -79,7 +90,7 @@ async function startLayer(
     return { app, middleware, close: redis.close };
   }
   if (!database) throw new Error('pg-sessions needs a database');
-  const middleware = sessions({ database: database.appUrl, gc: false });
+  const middleware = sessions({ ...pgSessionsOptions, database: database.appUrl, gc: false });
   await middleware.start();
   return { app, middleware, close: () => middleware.close() };
 }
@@ -165,7 +176,11 @@ class Driver {
       }),
     );
     const cpu = process.cpuUsage(before);
-    return { cpuMicrosPerRequest: (cpu.user + cpu.system) / requests, failed };
+    return {
+      cpuMicrosPerRequest: (cpu.user + cpu.system) / requests,
+      systemMicrosPerRequest: cpu.system / requests,
+      failed,
+    };
   }
 }
 
@@ -178,22 +193,28 @@ export async function runRequestPath(
   const database = await databases.create();
   const drivers: Driver[] = [];
   try {
-    for (const variant of PATH_VARIANTS) {
-      const driver = new Driver(variant, await startLayer(variant, database));
+    for (const variant of settings.variants ?? PATH_VARIANTS) {
+      const driver = new Driver(
+        variant,
+        await startLayer(variant, database, settings.pgSessionsOptions),
+      );
       drivers.push(driver);
       await driver.logIn(variant === 'bare' ? 1 : settings.sessions);
     }
     const cells: PathCell[] = [];
     for (let round = 1; round <= settings.rounds; round++) {
-      for (const op of PATH_OPS) {
+      for (const op of settings.ops ?? PATH_OPS) {
         const requests = op === 'read' ? settings.requests : Math.ceil(settings.requests / 10);
         for (const driver of drivers) {
           // Warm-up, not recorded: JIT, pools, caches.
           await driver.run(op, Math.ceil(requests / 4), settings.connections);
+          const label = `${driver.variant}-${op}-${round}`;
+          await settings.onMeasure?.('start', label);
           const measured = await driver.run(op, requests, settings.connections);
+          await settings.onMeasure?.('stop', label);
           cells.push({ variant: driver.variant, op, round, requests, ...measured });
           log(
-            `request path, round ${round}, ${driver.variant} ${op}: ${measured.cpuMicrosPerRequest.toFixed(1)} µs of CPU per request` +
+            `request path, round ${round}, ${driver.variant} ${op}: ${measured.cpuMicrosPerRequest.toFixed(1)} µs of CPU per request (${measured.systemMicrosPerRequest.toFixed(1)} in the kernel)` +
               (measured.failed > 0 ? `, ${measured.failed} failed` : ''),
           );
         }

@@ -15,8 +15,8 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { SessionEngine } from '../src/engine.js';
-import { resolveOptions } from '../src/options.js';
-import type { SessionRecord } from '../src/store.js';
+import { resolveOptions } from '../src/options/resolve.js';
+import type { SessionRecord } from '../src/store/records.js';
 import type { TestDatabase } from '../src/testing/index.js';
 import { hashToken } from '../src/token.js';
 import { DbProbe } from './db-probe.js';
@@ -89,17 +89,16 @@ async function writer(
     }),
   );
   await engine.start();
-  const runner = engine.runner({ tenant: TENANT, actor: 'bench:ceiling' });
+  const store = engine.store(TENANT);
   const sessions: SessionRecord[] = [];
   for (let index = 0; index < settings.sessions; index++) {
     const tokenHash = hashToken(randomBytes(32).toString('base64url'));
-    const { record } = await engine.store.create(runner, {
-      tenantId: TENANT,
+    const { record } = await store.create({
       tokenHash,
       data: { user: `user-${index}`, visits: 0 },
       userId: null,
-      ip: null,
-      userAgent: null,
+      origin: { ip: null, userAgent: null },
+      actor: 'bench:ceiling',
     });
     sessions.push(record);
   }
@@ -144,23 +143,23 @@ async function measureCell(
   kind: CeilingKind,
   round: number,
 ): Promise<CeilingCell> {
-  const runner = engine.runner({ tenant: TENANT, actor: 'bench:ceiling' });
+  const store = engine.store(TENANT);
   let sequence = 0;
   let lost = 0;
   const writeOne = async (): Promise<number> => {
     const session = sessions[Math.floor(Math.random() * sessions.length)]!;
     const value = ++sequence;
     const started = performance.now();
-    const { record } = await engine.store.saveDelta(runner, {
-      tenantId: TENANT,
-      id: session.id,
+    const { saved } = await store.save({
+      loaded: session,
       patch: { [`k${value % 4}`]: value },
       removed: [],
-      // Binding the (unchanged) null user is not a data-only write: the store asks for
-      // no deferral, and the trigger notifies inside the commit.
-      ...(kind === 'in-commit' ? { userId: null } : {}),
+      actor: 'bench:ceiling',
+      // A revocation-free write that notifies inside its commit: the user binding of a
+      // sign-in did before migration 6; now only what must be refused at once does.
+      ...(kind === 'in-commit' ? { userId: `user-${value}` } : {}),
     });
-    if (!record) lost++;
+    if (!saved) lost++;
     return performance.now() - started;
   };
   const run = async (until: number, budget: number) => {

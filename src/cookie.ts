@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Context } from 'koa';
-import type { ResolvedCookieOptions } from './options.js';
+import type { ResolvedCookieOptions } from './options/types.js';
 import { isWellFormedToken } from './token.js';
 
 /** Where the request's token came from, and whether it was usable. */
@@ -155,7 +155,7 @@ function attributes(
     path: options.path,
     domain: options.domain,
     signed: sign,
-    overwrite: true,
+    overwrite: options.overwrite,
     ...(lifetime === 'expired' ? { expires: new Date(0) } : {}),
     ...(typeof lifetime === 'number' ? { maxAge: lifetime } : {}),
   };

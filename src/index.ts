@@ -1,14 +1,9 @@
 /**
- * pg-sessions: PostgreSQL-backed sessions for Koa.
+ * pg-sessions: PostgreSQL-backed sessions for Koa. Everything exported here is the
+ * documented API (README, "API"); the rest of `src/` is internal and may change.
  * @module
  */
-export { SessionControl } from './control.js';
 export {
-  describeUrl,
-  expectedMigrationVersions,
-  MIGRATION_LOCK,
-  MIGRATIONS_DIR,
-  MIGRATIONS_TABLE,
   type MigrateAction,
   type MigrateOptions,
   type MigrateResult,
@@ -16,23 +11,13 @@ export {
   migrate,
 } from './db/migrator.js';
 export {
-  formatLsn,
   type HostConfig,
   type HostState,
-  parseLsn,
   ReplicaRouter,
   type ReplicaRouterOptions,
-  type RouterCounters,
 } from './db/replica-router.js';
-export { isSessionDatabase, type SessionDatabase, SinglePoolDatabase } from './db/router.js';
-export type {
-  EventTable,
-  PreviousTokenTable,
-  RequestDatabase,
-  SessionsDatabase,
-  SessionTable,
-} from './db/schema.js';
-export { SqlState } from './db/sqlstate.js';
+export type { SessionDatabase } from './db/router.js';
+export type { RequestDatabase } from './db/schema.js';
 export {
   SessionConflictError,
   SessionDataError,
@@ -44,27 +29,21 @@ export {
   SessionStoreUnavailableError,
   SessionTooLargeError,
 } from './errors.js';
-export type { GcRunResult } from './jobs/garbage-collector.js';
-export { collectGarbage, GC_LOCK } from './jobs/garbage-collector.js';
+export { collectGarbage, type GcRunResult } from './jobs/garbage-collector.js';
 export type { Logger } from './logger.js';
-export type {
-  CounterName,
-  MetricsSnapshot,
-  SessionMetrics,
-  TimingName,
-  TimingSnapshot,
-} from './metrics.js';
-export { TIMING_BUCKETS } from './metrics.js';
+export { type MetricsSnapshot, type SessionMetrics, TIMING_BUCKETS } from './metrics.js';
 export { type SessionMiddleware, sessions } from './middleware.js';
 export type {
   CacheOptions,
   ConcurrencyMode,
   CookieOptions,
+  Durability,
   GcOptions,
   ResolvedOptions,
   SessionOptions,
   TransactionMode,
-} from './options.js';
+} from './options/types.js';
 export { type PrometheusRegistry, registerPrometheusMetrics } from './prometheus.js';
+export type { SessionControl } from './request/control.js';
 export type { Session } from './session.js';
-export type { DeviceSession, SessionEnd, SessionRecord } from './store.js';
+export type { DeviceSession, SessionEnd } from './store/records.js';

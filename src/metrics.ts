@@ -1,5 +1,3 @@
-import type { RoundTripCounter } from './db/runner.js';
-
 const COUNTERS = [
   'requests',
   'roundTrips',
@@ -78,7 +76,7 @@ export type MetricsSnapshot = Readonly<Record<CounterName, number>> & {
 };
 
 /** Plain counters, cheap enough for the hot path; the Prometheus bridge reads them. */
-export class SessionMetrics implements RoundTripCounter {
+export class SessionMetrics {
   readonly #counts = new Map<CounterName, number>();
   // Allocated once: recording a timing on the hot path allocates nothing.
   readonly #timings = new Map<TimingName, TimingState>(

@@ -3,9 +3,7 @@ import type Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
 import type { Transaction } from 'kysely';
 import pg from 'pg';
-import { ContextSession, emitDeferred } from './context-session.js';
-import { SessionControl } from './control.js';
-import { readToken } from './cookie.js';
+import { settingsStatement } from './db/runner.js';
 import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
@@ -17,12 +15,12 @@ import {
 } from './errors.js';
 import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
-import {
-  checkAppKeys,
-  type ResolvedOptions,
-  resolveOptions,
-  type SessionOptions,
-} from './options.js';
+import { checkAppKeys, resolveOptions } from './options/resolve.js';
+import type { ResolvedOptions, SessionOptions } from './options/types.js';
+import { SessionControl } from './request/control.js';
+import { loadSession, revokeStolenAfterTransaction } from './request/load.js';
+import { RequestSession } from './request/request-session.js';
+import { emitDeferred } from './request/services.js';
 import { isStorableText } from './serialize.js';
 import { Session } from './session.js';
 import { hashToken } from './token.js';
@@ -43,7 +41,7 @@ declare module 'koa' {
      * {@link RequestDatabase}: extend that interface with the application's tables.
      */
     db?: Transaction<RequestDatabase>;
-    [CONTEXT_SESSION]?: ContextSession;
+    [CONTEXT_SESSION]?: RequestSession;
     [EARLY_SESSION]?: Session;
   }
 }
@@ -103,15 +101,24 @@ export function sessions(
   engine.listener?.on('down', (error) => events.emit('cache:listener:down', error));
   engine.listener?.on('notification', (message) => events.emit('cache:notification', message));
 
+  const { services } = engine;
+  const { transport } = services;
+  /** The app.keys last found usable: checked again only when the app replaces them. */
+  let checkedKeys: unknown;
+
   const middleware = async (ctx: Context, next: Next): Promise<void> => {
-    installAccessors(Object.getPrototypeOf(ctx) as object);
-    checkAppKeys(ctx.app.keys, resolved.cookie);
+    const proto = Object.getPrototypeOf(ctx) as object;
+    if (!installed.has(proto)) installAccessors(proto);
+    if (ctx.app.keys !== checkedKeys) {
+      checkAppKeys(ctx.app.keys, resolved.cookie);
+      checkedKeys = ctx.app.keys;
+    }
     // Once started, no await: a cached read never leaves the microtask it came in on.
     if (!engine.started) await guard(engine.start());
     metrics.increment('requests');
     const tenantId = validTenant(resolved.tenant(ctx));
     const mode = resolved.mode(ctx);
-    const presented = readToken(ctx, resolved.cookie, resolved.bearer, resolved.koa);
+    const presented = transport.read(ctx);
     if (presented.invalid) {
       metrics.increment('invalidTokens');
       // Malformed: nothing to look up (koa-session: missed). A bad signature: invalid.
@@ -123,18 +130,18 @@ export function sessions(
         via: presented.via,
       });
     }
-    const context = new ContextSession(engine, ctx, tenantId, mode, presented);
-    ctx[CONTEXT_SESSION] = context;
+    const request = new RequestSession(services, ctx, tenantId, mode, presented);
+    ctx[CONTEXT_SESSION] = request;
     ctx[EARLY_SESSION] = undefined;
-    ctx.sessions = new SessionControl(context, resolved.maxSessionsPerUser);
+    ctx.sessions = new SessionControl(request);
 
     // Lock mode locks the presented token's session: without one there is nothing to
     // lock, and the request stays off the database like in every other mode.
     if (resolved.transaction(ctx) === 'request' || (mode === 'lock' && presented.token)) {
-      await inRequestTransaction(context, next);
+      await inRequestTransaction(request, next);
     } else {
-      await guard(context.load());
-      await runThenCommit(context, next);
+      await guard(loadSession(request));
+      await runThenCommit(request, next);
     }
   };
 
@@ -143,33 +150,33 @@ export function sessions(
    * the session, caught by an upstream middleware, still saves. When the commit itself
    * fails after the handler threw, the handler's error is the one that propagates.
    */
-  async function runThenCommit(context: ContextSession, next: Next): Promise<void> {
+  async function runThenCommit(request: RequestSession, next: Next): Promise<void> {
     try {
       await next();
     } catch (error) {
       if (resolved.koa.autoCommit) {
         try {
-          await context.commit();
+          await request.commit();
         } catch (commitError) {
           resolved.logger.error({ err: commitError }, 'the session could not be saved');
         }
       }
       throw error;
     }
-    if (resolved.koa.autoCommit) await context.commit();
+    if (resolved.koa.autoCommit) await request.commit();
   }
 
-  async function inRequestTransaction(context: ContextSession, next: Next): Promise<void> {
-    const { ctx } = context;
+  async function inRequestTransaction(request: RequestSession, next: Next): Promise<void> {
+    const { ctx } = request;
     let began = false;
-    const locking = context.mode === 'lock';
+    const locking = request.mode === 'lock';
     try {
       await engine.kysely.transaction().execute(async (trx) => {
         began = true;
-        context.useTransaction(trx, requestSettings(context, locking));
+        const runner = request.useTransaction(trx, requestSettings(request, locking));
         // The settings (and BEGIN) travel with the load: one round trip for both.
-        await guard(context.load(locking));
-        await guard(context.settle());
+        await guard(loadSession(request, locking));
+        await guard(runner.settle());
         // The application's tables are its own declaration (RequestDatabase); at run time
         // a Kysely transaction reaches any table the role may use.
         ctx.db = trx as unknown as Transaction<RequestDatabase>;
@@ -181,7 +188,7 @@ export function sessions(
         // A handler that throws rolls the whole transaction back, session included.
         if (!resolved.koa.autoCommit) return;
         // Each write sets the actor again (the handler may have bound a user).
-        await context.commit();
+        await request.commit();
         // COMMIT and the deferred notifications, in one message (RequestTransactionDriver).
         metrics.roundTrip();
       });
@@ -192,7 +199,7 @@ export function sessions(
       }
       throw error;
     } finally {
-      await context.afterTransaction().catch((error: unknown) => {
+      await revokeStolenAfterTransaction(request).catch((error: unknown) => {
         resolved.logger.error({ err: error }, 'pg-sessions could not revoke a stolen session');
       });
     }
@@ -206,10 +213,10 @@ export function sessions(
    * back once it holds the lock. Literals, no bind parameters: they travel with BEGIN
    * and the load as one simple-protocol message.
    */
-  function requestSettings(context: ContextSession, locking: boolean): string {
+  function requestSettings(request: RequestSession, locking: boolean): string {
     const literal = (value: string) => pg.escapeLiteral(value);
     const settings = [
-      `SELECT set_config('sessions.tenant', ${literal(context.tenantId)}, true), set_config('sessions.actor', ${literal(resolved.actor(context.ctx, context.userId))}, true), set_config('lock_timeout', ${literal(`${resolved.lockTimeout}ms`)}, true)`,
+      `${settingsStatement(request.tenantId, request.actor())}, set_config('lock_timeout', ${literal(`${resolved.lockTimeout}ms`)}, true)`,
     ];
     if (locking) {
       settings.push(

@@ -340,6 +340,13 @@ export function collectChanges(session: Session): SessionChanges {
   return { patch, removed, expected, size, baseline };
 }
 
+/** The stored values of a snapshot, as the row's `data` (shared, never changed in place). */
+export function valuesOf(snapshot: DataSnapshot): Record<string, unknown> {
+  const data: Record<string, unknown> = {};
+  for (const [key, entry] of snapshot) data[key] = entry.value;
+  return data;
+}
+
 /** After a successful write, what it stored (not what the object holds by then) is the baseline. */
 export function markSaved(session: Session, baseline: DataSnapshot): void {
   const state = stateOf(session);

@@ -8,7 +8,7 @@ import { sessionId, since, wholeNumber } from '../src/cli/option-parsers.js';
 import { toCsv } from '../src/cli/output-format.js';
 import { REPORTS as CATALOG } from '../src/cli/report-catalog.js';
 import { reportQuery } from '../src/cli/report-command.js';
-import { expectedMigrationVersions } from '../src/index.js';
+import { expectedMigrationVersions } from '../src/db/migrator.js';
 import { freePort } from '../src/testing/free-port.js';
 import { createTestDatabase, type TestDatabase } from '../src/testing/index.js';
 import { runCli } from './helpers/cli.js';

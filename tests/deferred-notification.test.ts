@@ -132,7 +132,7 @@ test.serial('a rollback, or a rolled-back savepoint, leaves nothing to send', as
 });
 
 test.serial(
-  'security-relevant changes notify inside the commit even when deferral is set',
+  'what must be refused at once notifies inside the commit even when deferral is set',
   async (t) => {
     const changes: [string, (id: string) => string][] = [
       [
@@ -140,6 +140,31 @@ test.serial(
         (id) =>
           `UPDATE sessions.session SET revoked_at = now(), revoked_reason = 'x' WHERE id = '${id}'`,
       ],
+      [
+        'data and a revocation',
+        (id) =>
+          `UPDATE sessions.session SET data = '{"b":1}', revoked_at = now(), revoked_reason = 'x' WHERE id = '${id}'`,
+      ],
+      [
+        'another column (absolute expiry)',
+        (id) =>
+          `UPDATE sessions.session SET absolute_expires_at = now() + interval '1 hour' WHERE id = '${id}'`,
+      ],
+      ['destroy', (id) => `DELETE FROM sessions.session WHERE id = '${id}'`],
+    ];
+    for (const [name, statement] of changes) {
+      const { id } = await insertSession('secure');
+      // No flush follows: whatever arrives was sent by the commit itself.
+      await asApp('secure', [`BEGIN; ${DEFER}; ${statement(id)}; COMMIT`]);
+      t.is((await heardAbout(id)).length, 1, name);
+    }
+  },
+);
+
+test.serial(
+  'a rotation and a user binding wait for the flush when deferral is set, like data (migration 6)',
+  async (t) => {
+    const changes: [string, (id: string) => string][] = [
       [
         'rotation',
         (id) =>
@@ -153,13 +178,14 @@ test.serial(
         'data and a user binding',
         (id) => `UPDATE sessions.session SET data = '{"b":1}', user_id = 'u2' WHERE id = '${id}'`,
       ],
-      ['destroy', (id) => `DELETE FROM sessions.session WHERE id = '${id}'`],
     ];
     for (const [name, statement] of changes) {
-      const { id } = await insertSession('secure');
-      // No flush follows: whatever arrives was sent by the commit itself.
-      await asApp('secure', [`BEGIN; ${DEFER}; ${statement(id)}; COMMIT`]);
-      t.is((await heardAbout(id)).length, 1, name);
+      const unflushed = await insertSession('rotating');
+      await asApp('rotating', [`BEGIN; ${DEFER}; ${statement(unflushed.id)}; COMMIT`]);
+      t.is((await heardAbout(unflushed.id)).length, 0, `${name}: nothing without the flush`);
+      const flushed = await insertSession('rotating');
+      await asApp('rotating', [`BEGIN; ${DEFER}; ${statement(flushed.id)}; COMMIT`, FLUSH]);
+      t.is((await heardAbout(flushed.id)).length, 1, `${name}: once with it`);
     }
   },
 );

@@ -1,8 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import test from 'ava';
 import pg from 'pg';
-import { MIGRATIONS_DIR, parseDbmateError } from '../src/db/migrator.js';
-import { expectedMigrationVersions } from '../src/index.js';
+import { expectedMigrationVersions, MIGRATIONS_DIR, parseDbmateError } from '../src/db/migrator.js';
 import { createTestDatabase } from '../src/testing/index.js';
 import { runCli } from './helpers/cli.js';
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import pg from 'pg';
+import { expectedMigrationVersions } from '../src/db/migrator.js';
 import { freePort } from '../src/testing/free-port.js';
 import { PostgresServer } from '../src/testing/index.js';
 import { packAndInstall } from './helpers/package.js';
@@ -164,9 +165,10 @@ test.serial(
     await asSuperuser(roles.stdout);
     const up = await pgSessions(['migrate', 'up'], ownerEnv);
     t.is(up.code, 0, up.stderr);
-    t.is(up.stdout.match(/^applied /gm)?.length, 5, up.stdout);
+    const migrations = (await expectedMigrationVersions()).length;
+    t.is(up.stdout.match(/^applied /gm)?.length, migrations, up.stdout);
     const again = await pgSessions(['migrate', 'up'], ownerEnv);
-    t.regex(again.stdout, /up to date \(5 applied\)/);
+    t.true(again.stdout.includes(`up to date (${migrations} applied)`), again.stdout);
     const gate = await pgSessions(['migrate', 'status'], ownerEnv);
     t.is(gate.code, 0, gate.stdout + gate.stderr);
 

@@ -8,7 +8,7 @@ import type { Compilable, CompiledQuery } from 'kysely';
 import pg from 'pg';
 import { inlineParameters, type StatementResult, type StatementRunner } from '../src/db/runner.js';
 import { collectGarbage } from '../src/jobs/garbage-collector.js';
-import { SessionStore } from '../src/store.js';
+import { SessionStore } from '../src/store/session-store.js';
 import { createTestDatabase, type TestDatabase } from '../src/testing/index.js';
 
 let db: TestDatabase;
@@ -27,12 +27,12 @@ test.after.always(async () => {
   await db?.drop();
 });
 
-const store = new SessionStore({
+const POLICY = {
   idleTimeoutMs: 3_600_000,
   absoluteTimeoutMs: 86_400_000,
   touchIntervalMs: 60_000,
   rotationGraceMs: 60_000,
-});
+};
 
 /**
  * Buffers a statement read while planned and run, as EXPLAIN (ANALYZE, BUFFERS, FORMAT
@@ -117,7 +117,8 @@ async function lookupPlanning(
   times = 3,
 ): Promise<Planning> {
   const runner = new ExplainingRunner(client);
-  for (let run = 0; run < times; run++) await store.load(runner, tenant, tokenHash);
+  const store = new SessionStore(runner, tenant, POLICY);
+  for (let run = 0; run < times; run++) await store.load(tokenHash);
   const plans = runner.explained;
   return plans.reduce((best, plan) => (plan.buffers < best.buffers ? plan : best));
 }
@@ -199,7 +200,7 @@ async function lookupPlans(
       readPrimary: (query) => runner.read(query),
       write: (query) => runner.read(query),
     };
-    await store.load(runner, tenant, tokenHash);
+    await new SessionStore(runner, tenant, POLICY).load(tokenHash);
     return notices.filter((notice) => /FROM sessions\.session AS s/.test(notice));
   } finally {
     client.off('notice', onNotice);

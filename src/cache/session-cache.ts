@@ -1,6 +1,10 @@
 import { LRUCache } from 'lru-cache';
 import { snapshotData } from '../session.js';
-import type { EndedSession, SessionRecord } from '../store.js';
+import type { EndedSession, SessionRecord } from '../store/records.js';
+import { hashesEqual } from '../token.js';
+
+/** Safety margin against clock skew between Node and the database for cached rows. */
+const EXPIRY_MARGIN_MS = 1_000;
 
 export interface SessionCacheOptions {
   /** Most entries kept. */
@@ -45,6 +49,28 @@ export class SessionCache {
 
   get(tenantId: string, tokenHash: Buffer): SessionRecord | undefined {
     return this.#entries.get(key(tenantId, tokenHash.toString('hex')));
+  }
+
+  /**
+   * The cached row for a token when it may be served: at least `minVersion` (what the
+   * client is known to have written: the read-your-writes fence), and not within a
+   * second of its expiry by this node's clock (the database's decides; this one may
+   * be a little off). The stored hash is compared too: it costs nothing and keeps a
+   * cache-key mistake from ever handing out another session.
+   */
+  fresh(tenantId: string, tokenHash: Buffer, minVersion: number): SessionRecord | undefined {
+    const cached = this.#entries.get(key(tenantId, tokenHash.toString('hex')));
+    if (
+      cached === undefined ||
+      cached.version < minVersion ||
+      !hashesEqual(cached.tokenHash, tokenHash) ||
+      Math.min(cached.idleExpiresAt.getTime(), cached.absoluteExpiresAt.getTime()) -
+        EXPIRY_MARGIN_MS <=
+        Date.now()
+    ) {
+      return undefined;
+    }
+    return cached;
   }
 
   /**

@@ -318,3 +318,25 @@ class NegotiatedPool extends pg.Pool {
     return undefined;
   }
 }
+
+/** The limits pg-sessions gives the pools it creates (options poolSize, connectTimeout, statementTimeout). */
+export interface PoolLimits {
+  readonly poolSize: number;
+  readonly connectTimeout: number;
+  readonly statementTimeout: number;
+}
+
+/**
+ * A pool's configuration: pg-sessions' limits, then the caller's own settings, which
+ * win. A query the server never answers (a dead host) is given up a little after the
+ * server would have cancelled it.
+ */
+export function poolConfig(limits: PoolLimits, base: pg.PoolConfig): pg.PoolConfig {
+  return {
+    max: limits.poolSize,
+    connectionTimeoutMillis: limits.connectTimeout,
+    statement_timeout: limits.statementTimeout,
+    query_timeout: limits.statementTimeout + limits.connectTimeout,
+    ...base,
+  };
+}

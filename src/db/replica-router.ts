@@ -2,8 +2,8 @@ import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
 import type pg from 'pg';
 import { SessionOptionsError, SessionStoreUnavailableError } from '../errors.js';
-import { duration, postgresUrl } from '../options.js';
-import { createPool } from './connection-config.js';
+import { duration, postgresUrl } from '../options/resolve.js';
+import { createPool, poolConfig } from './connection-config.js';
 import type { SessionDatabase } from './router.js';
 import { isReadOnlyError, isUnavailableError } from './sqlstate.js';
 
@@ -141,13 +141,7 @@ export class ReplicaRouter extends EventEmitter implements SessionDatabase {
 
   #openHost(config: HostConfig, index: number): Host {
     const base: pg.PoolConfig = typeof config === 'string' ? { connectionString: config } : config;
-    const full: pg.PoolConfig = {
-      max: this.#options.poolSize,
-      connectionTimeoutMillis: this.#options.connectTimeout,
-      statement_timeout: this.#options.statementTimeout,
-      query_timeout: this.#options.statementTimeout + this.#options.connectTimeout,
-      ...base,
-    };
+    const full = poolConfig(this.#options, base);
     const pool = createPool(full);
     pool.on('error', () => {});
     const name = describe(base, index);

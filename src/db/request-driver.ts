@@ -7,12 +7,14 @@ import {
   type TransactionSettings,
 } from 'kysely';
 import type pg from 'pg';
+import type { Logger } from '../logger.js';
+import type { SessionMetrics } from '../metrics.js';
 import { checkout } from './checkout.js';
+import type { SessionDatabase } from './router.js';
 import {
   NOTIFY_DEFERRED,
   NOTIFY_FAILED_IN_SQL,
-  type NotifyFailureHandler,
-  notifiedOf,
+  reportNotifyFailure,
   sendThroughCommit,
 } from './runner.js';
 import { endsConnection } from './sqlstate.js';
@@ -29,18 +31,20 @@ import { endsConnection } from './sqlstate.js';
  * - `COMMIT; SELECT sessions.notify_deferred()` is one message: the deferred
  *   notifications of the transaction's data writes go out right after its commit,
  *   without a round trip of their own, and even if this process dies after sending it.
- *   A failure after the commit is reported to `notifyFailed`, never as a failed commit.
+ *   A failure after the commit is counted and logged (notifyFailures), never a failed commit.
  */
 export class RequestTransactionDriver implements Driver {
   constructor(
-    private readonly pool: () => pg.Pool,
-    private readonly notifyFailed: NotifyFailureHandler,
+    /** The router: each transaction goes to the primary of the moment (also after a failover). */
+    private readonly database: SessionDatabase,
+    private readonly metrics: SessionMetrics,
+    private readonly logger: Logger,
   ) {}
 
   async init(): Promise<void> {}
 
   async acquireConnection(): Promise<RequestConnection> {
-    return new RequestConnection(await checkout(this.pool()));
+    return new RequestConnection(await checkout(this.database.writer()));
   }
 
   async beginTransaction(connection: DatabaseConnection, settings: TransactionSettings) {
@@ -51,7 +55,8 @@ export class RequestTransactionDriver implements Driver {
   }
 
   async commitTransaction(connection: DatabaseConnection): Promise<void> {
-    await (connection as RequestConnection).commit(this.notifyFailed);
+    const failure = await (connection as RequestConnection).commit();
+    if (failure !== undefined) reportNotifyFailure(this.metrics, this.logger, failure);
   }
 
   async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
@@ -104,11 +109,12 @@ class RequestConnection implements DatabaseConnection {
     throw new Error('pg-sessions request transactions do not stream query results');
   }
 
-  async commit(notifyFailed: NotifyFailureHandler): Promise<void> {
+  /** Commits; resolves with the deferred notification's failure, if the commit stood and it failed. */
+  async commit(): Promise<unknown> {
     // Nothing was sent: no transaction was ever begun on the server.
     if (this.#pendingBegin !== undefined) {
       this.#pendingBegin = undefined;
-      return;
+      return undefined;
     }
     let reply: Awaited<ReturnType<typeof sendThroughCommit>>;
     try {
@@ -125,10 +131,10 @@ class RequestConnection implements DatabaseConnection {
     if (reply.commands[0] === 'ROLLBACK') throw new AbortedTransactionError();
     if (reply.afterCommitError !== undefined) {
       if (endsConnection(reply.afterCommitError)) this.#broken = reply.afterCommitError as Error;
-      notifyFailed(reply.afterCommitError);
-    } else if (notifiedOf(reply.rowSets) === false) {
-      notifyFailed(new Error(NOTIFY_FAILED_IN_SQL));
+      return reply.afterCommitError;
     }
+    const notified = reply.rowSets.find((rows) => rows[0] && 'notified' in rows[0])?.[0];
+    return notified?.notified === false ? new Error(NOTIFY_FAILED_IN_SQL) : undefined;
   }
 
   async rollback(): Promise<void> {

@@ -9,14 +9,17 @@ import {
   type Transaction,
 } from 'kysely';
 import pg from 'pg';
+import type { Logger } from '../logger.js';
+import type { SessionMetrics } from '../metrics.js';
 import { checkout } from './checkout.js';
+import type { SessionDatabase } from './router.js';
 import type { SessionsDatabase } from './schema.js';
 import { endsConnection } from './sqlstate.js';
 
 /**
  * Builds queries without executing them. Statements are compiled with Kysely and
  * sent by a {@link StatementRunner}, which folds the tenant and actor settings and,
- * for writes, the commit and the commit LSN into the same round trip.
+ * for writes, the commit and the notification into the same round trip.
  */
 export const queryBuilder = new Kysely<SessionsDatabase>({
   dialect: {
@@ -27,57 +30,54 @@ export const queryBuilder = new Kysely<SessionsDatabase>({
   },
 });
 
-/** Who runs a statement: the tenant row-level security sees, the actor the event log records. */
-export interface Scope {
-  readonly tenant: string;
-  readonly actor: string;
-}
+/** A statement: a Kysely query, or fixed text with `$n` placeholders and their values. */
+export type Statement<Row> = Compilable<Row> | CompiledQuery<Row>;
 
 export interface StatementResult<Row> {
   readonly rows: Row[];
   /** The read was served by a replica (it may lag: the caller can verify and re-read). */
   readonly fromReplica?: boolean;
-  /** For writes on a pool: the primary's WAL position after the commit (`pg_current_wal_lsn()`). */
+  /** For writes on a pool with replicas: the primary's WAL position after the commit. */
   readonly fence?: string;
 }
 
-/** Counts database round trips, for metrics and for tests that prove a cache hit costs none. */
-export interface RoundTripCounter {
-  roundTrip(): void;
+export interface ReadOptions {
+  /** The WAL position the client has seen: a replica must have replayed it (read-your-writes). */
+  readonly fence?: string;
 }
 
-/** Runs compiled statements for one scope: on a pool (one round trip each) or in a transaction. */
+export interface WriteOptions {
+  /** Who the event log names for this write. */
+  readonly actor: string;
+  /**
+   * The statement deferred its notifications (`sessions.defer_notify`): a pool write
+   * sends them right after its COMMIT, in the same message; in a request transaction
+   * the commit does (see {@link RequestTransactionDriver}).
+   */
+  readonly notifyAfterCommit?: boolean;
+  /** The statement sets the tenant and actor itself (the session functions of migration 6). */
+  readonly scoped?: boolean;
+  /**
+   * After a failover, run before the write is sent again: rows mean the first attempt
+   * had committed, and they are the answer (see {@link FailoverRunner}).
+   */
+  readonly appliedCheck?: Statement<unknown>;
+}
+
+/** Runs statements for one tenant: on a pool (one round trip each) or in a transaction. */
 export interface StatementRunner {
-  read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>>;
+  read<Row>(query: Statement<Row>, options?: ReadOptions): Promise<StatementResult<Row>>;
   /**
    * A read that must see the newest data: always on the primary. `staleReplica`: it
    * replaces a replica's answer that was older than the client's fence (for the counters).
    */
   readPrimary<Row>(
-    query: Compilable<Row> | CompiledQuery<Row>,
+    query: Statement<Row>,
     options?: { staleReplica?: boolean },
   ): Promise<StatementResult<Row>>;
-  /**
-   * A write in its own transaction (or the request's). `notifyAfterCommit`: the statement
-   * deferred its notifications (`sessions.defer_notify`), so a pool write sends them
-   * right after its COMMIT, in the same message; in a request transaction the commit
-   * does (see {@link RequestTransactionDriver}).
-   */
-  write<Row>(
-    query: Compilable<Row> | CompiledQuery<Row>,
-    options?: WriteOptions,
-  ): Promise<StatementResult<Row>>;
+  /** A write in its own transaction (or the request's). */
+  write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>>;
 }
-
-export interface WriteOptions {
-  readonly notifyAfterCommit?: boolean;
-}
-
-/**
- * Told when a write committed but its deferred notifications could not be sent: the
- * write stands (it is acknowledged), other nodes may keep a stale copy a little longer.
- */
-export type NotifyFailureHandler = (error: unknown) => void;
 
 /**
  * The statement that sends a transaction's deferred notifications. It follows the
@@ -87,71 +87,100 @@ export type NotifyFailureHandler = (error: unknown) => void;
  */
 export const NOTIFY_DEFERRED = 'sessions.notify_deferred()';
 
-function compile<Row>(query: Compilable<Row> | CompiledQuery<Row>): CompiledQuery<Row> {
+/** What notify_deferred() said when it caught an error itself (it warned the server log too). */
+export const NOTIFY_FAILED_IN_SQL =
+  'sessions.notify_deferred() could not send the deferred notifications (see the server log)';
+
+/**
+ * A write committed but its deferred notification failed: the write stands (it is
+ * acknowledged); other nodes may serve their cached copy until it is evicted otherwise.
+ */
+export function reportNotifyFailure(metrics: SessionMetrics, logger: Logger, error: unknown): void {
+  metrics.increment('notifyFailures');
+  logger.warn({ err: error }, 'pg-sessions: session write committed, change notification failed');
+}
+
+/** `SELECT set_config(...)` for the tenant and the actor, transaction-local: built here only. */
+export function settingsStatement(tenant: string, actor: string): string {
+  return `SELECT set_config('sessions.tenant', ${pg.escapeLiteral(tenant)}, true), set_config('sessions.actor', ${pg.escapeLiteral(actor)}, true)`;
+}
+
+/** The actor of reads: reads write no event, but the setting keeps one shape for both. */
+const READER = 'pg-sessions';
+
+function compile<Row>(query: Statement<Row>): CompiledQuery<Row> {
   return 'compile' in query ? query.compile() : query;
 }
 
 /**
- * One round trip per statement on a pool. The statement travels as a simple-protocol
- * query with its parameters inlined as literals, after the transaction-local settings:
+ * One round trip per statement on a pool, for one tenant. The statement travels as a
+ * simple-protocol query with its parameters inlined as literals:
  *
  *   read:  SELECT set_config(tenant), set_config(actor); <statement>
- *   write: BEGIN; SELECT set_config(…); <statement>; COMMIT; SELECT pg_current_wal_lsn()
+ *   write: BEGIN; [settings;] <statement>; COMMIT; SELECT true[, lsn][; SELECT notify_deferred()]
  *
  * A simple query runs its statements in one transaction, so row-level security sees
  * the tenant, and nothing leaks to the next user of the pooled connection.
  */
 export class PoolRunner implements StatementRunner {
   constructor(
-    private readonly readPool: () => pg.Pool,
-    private readonly writePool: () => pg.Pool,
-    private readonly scope: Scope | (() => Scope),
-    private readonly counter?: RoundTripCounter,
-    /** The primary's pool for a read that replaces a stale replica answer (the router counts it). */
-    private readonly stalePool: () => pg.Pool = writePool,
-    private readonly notifyFailed: NotifyFailureHandler = () => {},
+    private readonly database: SessionDatabase,
+    private readonly tenant: string,
+    private readonly metrics: SessionMetrics,
+    private readonly logger: Logger,
+    /** Reads may go to replicas: writes then return the commit's LSN as the client's fence. */
+    private readonly replicas: boolean,
   ) {}
 
-  private currentScope(): Scope {
-    return typeof this.scope === 'function' ? this.scope() : this.scope;
+  read<Row>(query: Statement<Row>, options: ReadOptions = {}): Promise<StatementResult<Row>> {
+    return this.#readOn(this.database.reader(options.fence), query);
   }
 
-  async read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    return this.readOn(this.readPool(), query);
-  }
-
-  async readPrimary<Row>(
-    query: Compilable<Row> | CompiledQuery<Row>,
+  readPrimary<Row>(
+    query: Statement<Row>,
     options: { staleReplica?: boolean } = {},
   ): Promise<StatementResult<Row>> {
-    return this.readOn(options.staleReplica ? this.stalePool() : this.writePool(), query);
+    const { database } = this;
+    const pool = options.staleReplica
+      ? (database.staleReader?.() ?? database.writer())
+      : database.writer();
+    return this.#readOn(pool, query);
   }
 
-  private async readOn<Row>(
-    pool: pg.Pool,
-    query: Compilable<Row> | CompiledQuery<Row>,
-  ): Promise<StatementResult<Row>> {
-    const text = `${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}`;
-    const results = await this.send(pool, text, false);
-    return { rows: (results[1]?.rows ?? []) as Row[], fromReplica: pool !== this.writePool() };
+  async #readOn<Row>(pool: pg.Pool, query: Statement<Row>): Promise<StatementResult<Row>> {
+    const text = `${settingsStatement(this.tenant, READER)}; ${inlineParameters(compile(query))}`;
+    const client = await checkout(pool);
+    this.metrics.roundTrip();
+    let results: pg.QueryResult[];
+    try {
+      results = (await client.query(text)) as unknown as pg.QueryResult[];
+    } catch (error) {
+      client.release(endsConnection(error) ? (error as Error) : undefined);
+      throw error;
+    }
+    client.release();
+    return {
+      rows: (results[1]?.rows ?? []) as Row[],
+      fromReplica: pool !== this.database.writer(),
+    };
   }
 
   /**
-   * `BEGIN; settings; <statement>; COMMIT; SELECT lsn[, notify_deferred()]`: the row
-   * after the COMMIT proves the commit, so an error that follows it (the deferred
-   * notification's own commit failing) leaves the write acknowledged.
+   * The row after the COMMIT proves the commit, so an error that follows it (the
+   * deferred notification's own commit failing) leaves the write acknowledged.
    */
-  async write<Row>(
-    query: Compilable<Row> | CompiledQuery<Row>,
-    options: WriteOptions = {},
-  ): Promise<StatementResult<Row>> {
+  async write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
+    const settings = options.scoped ? '' : `${settingsStatement(this.tenant, options.actor)}; `;
+    const lsn = this.replicas ? ', pg_current_wal_lsn()::text AS lsn' : '';
+    // The marker row proves the commit; the flush comes after it, so that its failure
+    // cannot make a committed write look failed.
     const flush = options.notifyAfterCommit ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
-    const text = `BEGIN; ${settingsStatement(this.currentScope())}; ${inlineParameters(compile(query))}; COMMIT; SELECT pg_current_wal_lsn()::text AS lsn${flush}`;
-    const client = await checkout(this.writePool());
-    this.counter?.roundTrip();
+    const text = `BEGIN; ${settings}${inlineParameters(compile(query))}; COMMIT; SELECT true AS committed${lsn}${flush}`;
+    const client = await checkout(this.database.writer());
+    this.metrics.roundTrip();
     let reply: CommitReply;
     try {
-      reply = await sendThroughCommit(client, text, 'lsn');
+      reply = await sendThroughCommit(client, text, 'committed');
     } catch (error) {
       // A failed statement leaves an explicit transaction open and aborted: end it
       // before the connection goes back to the pool, or drop the connection.
@@ -171,45 +200,16 @@ export class PoolRunner implements StatementRunner {
         ? (afterCommitError as Error)
         : undefined,
     );
-    if (afterCommitError !== undefined) this.notifyFailed(afterCommitError);
-    else if (notifiedOf(rowSets) === false) this.notifyFailed(new Error(NOTIFY_FAILED_IN_SQL));
-    // Row sets: the settings, the statement's rows (when it returned any), the lsn, the flush.
-    const rows = (rowSets.indexOf(committed.rows) === 2 ? rowSets[1] : []) as Row[];
+    if (afterCommitError !== undefined) {
+      reportNotifyFailure(this.metrics, this.logger, afterCommitError);
+    } else if (rowSets.at(-1)?.[0]?.notified === false) {
+      reportNotifyFailure(this.metrics, this.logger, new Error(NOTIFY_FAILED_IN_SQL));
+    }
+    // Row sets: the settings' (unless scoped), the statement's rows when it returned any, the marker's.
+    const statementRows = rowSets.indexOf(committed.rows) - 1;
+    const rows = (statementRows >= (options.scoped ? 0 : 1) ? rowSets[statementRows] : []) as Row[];
     return { rows, fence: committed.row.lsn as string | undefined };
   }
-
-  private async send(pool: pg.Pool, text: string, explicitTransaction: boolean) {
-    const client = await checkout(pool);
-    this.counter?.roundTrip();
-    try {
-      const results = (await client.query(text)) as unknown as pg.QueryResult[];
-      client.release();
-      return results;
-    } catch (error) {
-      let broken = endsConnection(error) ? (error as Error) : undefined;
-      if (explicitTransaction && !broken) {
-        broken = await client.query('ROLLBACK').then(
-          () => undefined,
-          (rollbackError: Error) => rollbackError,
-        );
-      }
-      client.release(broken);
-      throw error;
-    }
-  }
-}
-
-/** What notify_deferred() said when it caught an error itself (it warned the server log too). */
-export const NOTIFY_FAILED_IN_SQL =
-  'sessions.notify_deferred() could not send the deferred notifications (see the server log)';
-
-/** What `notify_deferred()` answered in a message's rows (undefined when it did not run). */
-export function notifiedOf(rowSets: readonly Record<string, unknown>[][]): boolean | undefined {
-  for (const rows of rowSets) {
-    const row = rows[0];
-    if (row && 'notified' in row) return row.notified as boolean;
-  }
-  return undefined;
 }
 
 /** The rows of a message that runs through a COMMIT, collected as they arrive. */
@@ -276,18 +276,18 @@ export function sendThroughCommit(
 /**
  * Runs statements inside an open Kysely transaction. `prelude`: the transaction's
  * settings, not sent yet; they travel with its first statement (one message, and with
- * it the driver's BEGIN), or alone by {@link settle}. `actor`: every write first sets
- * `sessions.actor` to it, in the same message, for the event log.
+ * it the driver's BEGIN), or alone by {@link settle}. Every write first sets
+ * `sessions.actor` to its actor, in the same message, for the event log.
  */
 export class TransactionRunner implements StatementRunner {
   #prelude: string | undefined;
 
   constructor(
     readonly transaction: Transaction<SessionsDatabase>,
-    private readonly counter?: RoundTripCounter,
-    private readonly options: { readonly prelude?: string; readonly actor?: () => string } = {},
+    private readonly metrics: SessionMetrics,
+    prelude: string | undefined,
   ) {
-    this.#prelude = options.prelude;
+    this.#prelude = prelude;
   }
 
   /** Sends the prelude now if no statement took it along (before the handler's own SQL). */
@@ -295,35 +295,32 @@ export class TransactionRunner implements StatementRunner {
     const prelude = this.#prelude;
     if (prelude === undefined) return;
     this.#prelude = undefined;
-    this.counter?.roundTrip();
+    this.metrics.roundTrip();
     await this.transaction.executeQuery(CompiledQuery.raw(prelude));
   }
 
-  async read<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    return this.run(compile(query), []);
+  read<Row>(query: Statement<Row>): Promise<StatementResult<Row>> {
+    return this.#run(compile(query), undefined);
   }
 
-  write<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
-    const actor = this.options.actor?.();
-    return this.run(
-      compile(query),
-      actor === undefined
-        ? []
-        : [`SELECT set_config('sessions.actor', ${pg.escapeLiteral(actor)}, true)`],
-    );
+  write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
+    const actor = options.scoped
+      ? undefined
+      : `SELECT set_config('sessions.actor', ${pg.escapeLiteral(options.actor)}, true)`;
+    return this.#run(compile(query), actor);
   }
 
-  readPrimary<Row>(query: Compilable<Row> | CompiledQuery<Row>): Promise<StatementResult<Row>> {
+  readPrimary<Row>(query: Statement<Row>): Promise<StatementResult<Row>> {
     return this.read(query);
   }
 
   /** One message: the prelude (once), `before`, the statement; the statement's rows. */
-  private async run<Row>(
+  async #run<Row>(
     compiled: CompiledQuery<Row>,
-    before: readonly string[],
+    before: string | undefined,
   ): Promise<StatementResult<Row>> {
-    this.counter?.roundTrip();
-    const leading = this.#prelude === undefined ? before : [this.#prelude, ...before];
+    this.metrics.roundTrip();
+    const leading = [this.#prelude, before].filter((text) => text !== undefined);
     this.#prelude = undefined;
     const statement =
       leading.length === 0
@@ -339,11 +336,6 @@ export class TransactionRunner implements StatementRunner {
   }
 }
 
-/** `SELECT set_config(...)` for the tenant and the actor, transaction-local. */
-export function settingsStatement(scope: Scope): string {
-  return `SELECT set_config('sessions.tenant', ${pg.escapeLiteral(scope.tenant)}, true), set_config('sessions.actor', ${pg.escapeLiteral(scope.actor)}, true)`;
-}
-
 /**
  * Replaces `$n` placeholders by SQL literals. Values are quoted with node-postgres'
  * `escapeLiteral` and left untyped, exactly as an untyped bind parameter would be,
@@ -351,12 +343,14 @@ export function settingsStatement(scope: Scope): string {
  * our statements, which are all built by the store.
  */
 export function inlineParameters(query: CompiledQuery<unknown>): string {
+  const { parameters } = query;
+  if (parameters.length === 0) return query.sql;
   return query.sql.replace(/\$(\d+)/g, (_, position: string) => {
     const index = Number(position) - 1;
-    if (index < 0 || index >= query.parameters.length) {
+    if (index < 0 || index >= parameters.length) {
       throw new Error(`statement refers to parameter $${position}, which was not given`);
     }
-    return literal(query.parameters[index]);
+    return literal(parameters[index]);
   });
 }
 

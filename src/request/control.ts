@@ -1,37 +1,38 @@
-import type { ContextSession } from './context-session.js';
-import type { DeviceSession, SessionEnd } from './store.js';
+import { SessionDataError } from '../errors.js';
+import { isStorableText } from '../serialize.js';
+import type { DeviceSession, SessionEnd } from '../store/records.js';
+import type { RequestSession } from './request-session.js';
+
+/** A uuid, the only shape of a public session id: anything else names no session. */
+const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
  * `ctx.sessions`: what koa-session cannot do. Changes to the current session
  * (regenerate, bindUser, destroy) are applied by the request's single write at the
- * end; operations on other sessions (revoke, revokeUser, listForUser) run at once,
- * in the request's transaction when there is one. Every member delegates to the
- * request's {@link ContextSession}, which owns the state.
+ * end; operations on other sessions (revoke, revokeUser, listForUser) run at once, on
+ * the request's store (in its transaction when there is one).
  */
 export class SessionControl {
-  readonly #context: ContextSession;
+  readonly #request: RequestSession;
 
-  constructor(
-    context: ContextSession,
-    /** How many sessions a user may keep (the maxSessionsPerUser option). */
-    readonly maxSessionsPerUser: number | undefined,
-  ) {
-    this.#context = context;
+  constructor(request: RequestSession) {
+    this.#request = request;
   }
 
   /** The public, non-secret id of the current session (null until it is first saved). */
   get id(): string | null {
-    return this.#context.id;
+    return this.#request.id;
   }
 
   /** The row version this request loaded or last wrote (null for a new session). */
   get version(): number | null {
-    return this.#context.version;
+    const request = this.#request;
+    return request.destroyed ? null : (request.record?.version ?? null);
   }
 
   /** The user bound to the session, if any. */
   get userId(): string | null {
-    return this.#context.userId;
+    return this.#request.userId;
   }
 
   /**
@@ -39,7 +40,7 @@ export class SessionControl {
    * that keep it themselves. Undefined for a request without a session.
    */
   get token(): string | undefined {
-    return this.#context.token;
+    return this.#request.token;
   }
 
   /**
@@ -54,12 +55,17 @@ export class SessionControl {
    * if (ctx.sessions.ended?.revokedReason === 'max_sessions') notice = 'Signed in on too many devices';
    */
   get ended(): SessionEnd | undefined {
-    return this.#context.ended;
+    return this.#request.ended;
   }
 
   /** The WAL position of this request's last write (read-your-writes fence). */
   get fence(): string | undefined {
-    return this.#context.fence;
+    return this.#request.fence;
+  }
+
+  /** How many sessions a user may keep (the maxSessionsPerUser option). */
+  get maxSessionsPerUser(): number | undefined {
+    return this.#request.services.options.maxSessionsPerUser;
   }
 
   /**
@@ -67,12 +73,12 @@ export class SessionControl {
    * working when the response is committed. Call it on login and privilege changes.
    */
   regenerate(): void {
-    this.#context.regenerate();
+    this.#request.regenerate();
   }
 
   /** Ends the session: the row is deleted and the cookie cleared (same as ctx.session = null). */
   destroy(): void {
-    this.#context.destroy();
+    this.#request.destroy();
   }
 
   /**
@@ -80,33 +86,59 @@ export class SessionControl {
    * too unless `{ regenerate: false }`, which defeats session fixation at login.
    */
   bindUser(userId: string | null, options: { regenerate?: boolean } = {}): void {
-    this.#context.bindUser(userId, options.regenerate ?? true);
+    this.#request.bindUser(userId, options.regenerate ?? true);
   }
 
   /** The live sessions of a user (default: the current user), for a "your devices" page. */
-  listForUser(
-    userId: string | null = this.#context.userId,
+  async listForUser(
+    userId: string | null = this.#request.userId,
   ): Promise<(DeviceSession & { current: boolean })[]> {
-    return this.#context.listForUser(userId);
+    if (userId === null) return [];
+    const request = this.#request;
+    const devices = await request.store.listForUser(userId, request.fence);
+    return devices.map((device) => ({ ...device, current: device.id === request.id }));
   }
 
-  /** Revokes one session of this tenant by public id; true when it was live. */
-  revoke(sessionId: string, reason = 'revoked'): Promise<boolean> {
-    return this.#context.revoke(sessionId, reason);
+  /** Revokes one session of this tenant by public id, on every app node; true when it was live. */
+  async revoke(sessionId: string, reason = 'revoked'): Promise<boolean> {
+    checkReason(reason);
+    if (!SESSION_ID.test(sessionId)) return false;
+    const request = this.#request;
+    const ended = await request.store.revoke(sessionId, reason, request.actor());
+    request.services.cache?.forgetEnded(request.tenantId, ended);
+    if (ended.length > 0 && sessionId === request.record?.id) request.endedBySelf();
+    return ended.length > 0;
   }
 
   /**
    * Revokes every live session of a user in this tenant, on every app node; pass
    * `{ exceptCurrent: true }` for "log out my other devices". Returns how many ended.
    */
-  revokeUser(
+  async revokeUser(
     userId: string,
     options: { reason?: string; exceptCurrent?: boolean } = {},
   ): Promise<number> {
-    return this.#context.revokeUser(
+    const reason = options.reason ?? 'revoked';
+    checkReason(reason);
+    // No stored user id holds such text: nothing to end, and nothing to send.
+    if (!isStorableText(userId)) return 0;
+    const request = this.#request;
+    const current = request.record?.id;
+    const ended = await request.store.revokeUser(
       userId,
-      options.reason ?? 'revoked',
-      options.exceptCurrent ?? false,
+      reason,
+      request.actor(),
+      options.exceptCurrent ? current : undefined,
     );
+    request.services.cache?.forgetEnded(request.tenantId, ended);
+    if (current && ended.some((session) => session.id === current)) request.endedBySelf();
+    return ended.length;
+  }
+}
+
+/** A revocation is never silently skipped: a reason PostgreSQL cannot store is an error. */
+function checkReason(reason: string): void {
+  if (!isStorableText(reason)) {
+    throw new SessionDataError('a revocation reason with NUL or an unpaired surrogate', 'reason');
   }
 }

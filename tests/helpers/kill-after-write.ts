@@ -3,7 +3,8 @@
 // Env: DATABASE_URL (the app role), SESSION_ID (a live session of tenant 'default').
 import pg from 'pg';
 import { SessionEngine } from '../../src/engine.js';
-import { resolveOptions } from '../../src/options.js';
+import { resolveOptions } from '../../src/options/resolve.js';
+import type { SessionRecord } from '../../src/store/records.js';
 
 const engine = new SessionEngine(
   resolveOptions({ database: process.env.DATABASE_URL, cache: false, gc: false }),
@@ -30,11 +31,12 @@ const query = pg.Client.prototype.query as unknown as Query;
   return result;
 };
 
-await engine.store.saveDelta(engine.runner({ tenant: 'default', actor: 'test:killed' }), {
-  tenantId: 'default',
-  id: String(process.env.SESSION_ID),
+// A version it cannot have: the save runs its general update, as after a concurrent write.
+await engine.store('default').save({
+  loaded: { id: String(process.env.SESSION_ID), version: 0 } as SessionRecord,
   patch: { v: 'after' },
   removed: [],
+  actor: 'test:killed',
 });
 // Not reached: the process is gone before the answer.
 process.exit(3);

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { type CommitFacts, planCommit } from '../../src/commit-plan.js';
+import { type CommitFacts, planCommit } from '../../src/request/commit-plan.js';
 
 /** A request that loaded a live session and did nothing with it. */
 const loadedUntouched: CommitFacts = {

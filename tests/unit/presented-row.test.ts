@@ -1,5 +1,5 @@
 import test from 'ava';
-import { type PresentedSessionRow, toPresentedRow } from '../../src/store.js';
+import { type PresentedSessionRow, toPresentedRow } from '../../src/store/records.js';
 
 const now = new Date('2026-05-01T12:00:00Z');
 const row: PresentedSessionRow = {

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { SessionCache } from '../../src/cache/session-cache.js';
-import type { SessionRecord } from '../../src/store.js';
+import type { SessionRecord } from '../../src/store/records.js';
 
 const hash = Buffer.alloc(32, 7);
 function record(version: number, tenantId = 't'): SessionRecord {

@@ -1,0 +1,534 @@
+import { CompiledQuery, type RawBuilder, sql } from 'kysely';
+import { queryBuilder as db, inlineParameters, type StatementRunner } from '../db/runner.js';
+import {
+  type DeviceSession,
+  type EndedSession,
+  type ExpiryPolicy,
+  type PresentedRow,
+  type PresentedSessionRow,
+  type RequestOrigin,
+  type SessionRecord,
+  toPresentedRow,
+} from './records.js';
+
+/**
+ * The first key of the sessions' advisory locks ('pgsl'); the second is the hash of the
+ * session id. ('pgse' with 1, 2 and 3 are the migration, GC and event-pruning locks.)
+ */
+export const SESSION_LOCK_CLASS = 0x7067736c;
+
+/** How a lookup runs: locked (lock mode), fenced (read-your-writes on replicas). */
+export interface LookupOptions {
+  /** Lock mode: the session's advisory lock, then the row (only in a request transaction). */
+  readonly forUpdate?: boolean;
+  /** The version the client is known to have seen: an older copy is re-read on the primary. */
+  readonly minVersion?: number;
+  /** The WAL position the client has seen, for the choice of replica. */
+  readonly fence?: string;
+  /**
+   * With `forUpdate`: once the lock is held, set statement_timeout back to the value the
+   * transaction saved in `sessions.statement_timeout` before it lengthened it for the wait.
+   */
+  readonly restoreStatementTimeout?: boolean;
+}
+
+/** A new session's row. */
+export interface NewSession {
+  readonly tokenHash: Buffer;
+  readonly data: Readonly<Record<string, unknown>>;
+  readonly userId: string | null;
+  readonly origin: RequestOrigin;
+  readonly actor: string;
+}
+
+/** A request's changes to its loaded session (see {@link SessionStore.save}). */
+export interface SessionDelta {
+  readonly loaded: SessionRecord;
+  readonly patch: Readonly<Record<string, unknown>>;
+  readonly removed: readonly string[];
+  /** Strict mode: each changed key's JSON as loaded (undefined: absent at load). */
+  readonly expected?: ReadonlyMap<string, string | undefined>;
+  /** A new token; `onlyIfCurrent` (periodic rotation) yields to a concurrent rotation. */
+  readonly rotation?: {
+    readonly newTokenHash: Buffer;
+    readonly onlyIfCurrent: boolean;
+    readonly origin: RequestOrigin;
+  };
+  /** The user to bind (null unbinds); undefined leaves it. */
+  readonly userId?: string | null;
+  readonly actor: string;
+}
+
+/** What a save wrote: the row's new columns; `data` only when another request changed it too. */
+export interface SavedColumns {
+  readonly tokenHash: Buffer;
+  readonly userId: string | null;
+  /** The stored data, when it differs from the loaded data with this request's delta. */
+  readonly data: Record<string, unknown> | null;
+  readonly version: number;
+  readonly lastSeenAt: Date;
+  readonly idleExpiresAt: Date;
+  readonly absoluteExpiresAt: Date;
+  readonly tokenIssuedAt: Date;
+  readonly touchDue: boolean;
+  readonly rotationDue: boolean;
+}
+
+const interval = (ms: number) => `${ms} milliseconds`;
+
+/**
+ * Live means: not revoked, and neither expiry passed by the database's clock. Written
+ * as `expires_at`'s own definition, not the column: `expires_at > now()` would make the
+ * planner read the end of session_expires_at_idx (where garbage collection leaves its
+ * dead entries) whenever now() lies outside the column's histogram (issue 18).
+ */
+const live = sql<boolean>`revoked_at IS NULL AND least(idle_expires_at, absolute_expires_at) > now()`;
+
+// The request path's statements as fixed text: planned once per connection inside their
+// functions (migrations 5 and 6), and never rebuilt by Kysely per request.
+const LOOKUP = 'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) LIMIT 1';
+const LOOKUP_LIVE =
+  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) WHERE ended IS NULL LIMIT 1';
+const CREATE =
+  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10::interval, $11::interval, $12)';
+const SAVE =
+  'SELECT * FROM sessions.save_session($1, $2, $3::uuid, $4, $5::jsonb, $6::text[], $7::jsonb, $8, $9, $10, $11, $12::inet, $13, $14::interval, $15::interval, $16::interval, $17::interval, $18)';
+/** A new session's row by its token, in the shape create_session returns: a retry's check. */
+const CREATED =
+  'SELECT id, version, created_at, last_seen_at, idle_expires_at, absolute_expires_at, token_issued_at FROM sessions.session WHERE tenant_id = $1 AND token_hash = $2';
+/**
+ * A save's row when it already holds the delta (a retry's check, in the shape
+ * save_session returns): newer than loaded, every patched key as written, every removed
+ * key gone, the new token and the user in place.
+ */
+const SAVED = `SELECT token_hash, user_id, data, version, last_seen_at, idle_expires_at,
+    absolute_expires_at, token_issued_at, false AS touch_due, false AS rotation_due
+  FROM sessions.session
+ WHERE tenant_id = $1 AND id = $2::uuid AND version > $3
+   AND NOT EXISTS (SELECT FROM jsonb_each($4::jsonb) AS p(key, value) WHERE data -> p.key IS DISTINCT FROM p.value)
+   AND NOT (data ?| $5::text[])
+   AND ($6::bytea IS NULL OR token_hash = $6::bytea)
+   AND (NOT $7 OR user_id IS NOT DISTINCT FROM $8)`;
+
+/**
+ * The session queries of one tenant, run by one {@link StatementRunner} (a pool, a
+ * failover wrapper around it, or the request's transaction). Each is one statement;
+ * a write that may be retried after a failover carries the check that tells whether
+ * its first attempt committed, written beside it.
+ */
+export class SessionStore {
+  constructor(
+    readonly runner: StatementRunner,
+    readonly tenantId: string,
+    private readonly policy: ExpiryPolicy,
+  ) {}
+
+  /**
+   * What a presented token finds, in one statement: the live row (marked `rotatedAway`
+   * when found by a previous token), or the revoked or expired row with why it ended,
+   * or undefined. `forUpdate` takes the session's advisory lock first (lock mode).
+   */
+  async lookup(tokenHash: Buffer, options: LookupOptions = {}): Promise<PresentedRow> {
+    const row = await this.#lookupRow(tokenHash, options, LOOKUP);
+    return row ? toPresentedRow(row) : undefined;
+  }
+
+  /** The live session this token reaches, or undefined (the same statement, live rows only). */
+  async load(tokenHash: Buffer, options: LookupOptions = {}): Promise<SessionRecord | undefined> {
+    const row = await this.#lookupRow(tokenHash, options, LOOKUP_LIVE);
+    return row ? (toPresentedRow(row)?.live ?? undefined) : undefined;
+  }
+
+  async #lookupRow(
+    tokenHash: Buffer,
+    options: LookupOptions,
+    text: string,
+  ): Promise<PresentedSessionRow | undefined> {
+    const { touchIntervalMs, rotateIntervalMs } = this.policy;
+    const lookup = CompiledQuery.raw(text, [
+      this.tenantId,
+      tokenHash,
+      interval(touchIntervalMs),
+      rotateIntervalMs === undefined ? null : interval(rotateIntervalMs),
+    ]);
+    const query = options.forUpdate ? this.#locked(tokenHash, lookup, options) : lookup;
+    const { runner } = this;
+    const { rows, fromReplica } = await runner.read<PresentedSessionRow>(query, {
+      fence: options.fence,
+    });
+    let row = rows[0];
+    // A replica may not have replayed this session's creation or the client's own
+    // last write yet: then the primary answers (read-your-writes). Nor, perhaps, a
+    // touch that slid the expiry (touches keep the version): only the primary may
+    // call a row expired. A revocation is final wherever it is seen.
+    if (
+      fromReplica &&
+      (!row || Number(row.version) < (options.minVersion ?? 0) || row.ended === 'expired')
+    ) {
+      row = (await runner.readPrimary<PresentedSessionRow>(query, { staleReplica: true })).rows[0];
+    }
+    return row;
+  }
+
+  /**
+   * Lock mode: a transaction-scoped advisory lock keyed by the session, then the lookup
+   * as a second statement of the same message: its snapshot is taken after the lock was
+   * granted, so it sees what the previous holder committed. An advisory lock takes no
+   * transaction id and writes no WAL, so a lock-mode request that writes nothing commits
+   * without a WAL flush. A rotation that commits while this waits moves the presented
+   * token to previous_token: the lookup still finds the session there.
+   */
+  #locked(
+    tokenHash: Buffer,
+    lookup: CompiledQuery<unknown>,
+    options: LookupOptions,
+  ): CompiledQuery<PresentedSessionRow> {
+    const sessionId = db
+      .selectFrom('sessions.session')
+      .select('id')
+      .where('tenant_id', '=', this.tenantId)
+      .where('token_hash', '=', tokenHash)
+      .unionAll(
+        db
+          .selectFrom('sessions.previous_token')
+          .select('session_id as id')
+          .where('tenant_id', '=', this.tenantId)
+          .where('token_hash', '=', tokenHash),
+      )
+      .limit(1);
+    const lock = db
+      .selectFrom(sessionId.as('found'))
+      .select(
+        sql<string>`pg_advisory_xact_lock(${SESSION_LOCK_CLASS}, hashtext(found.id::text))`.as(
+          'locked',
+        ),
+      );
+    // The lock wait ran with lockTimeout + statementTimeout (the middleware's settings);
+    // the statements after it get the statement_timeout saved before.
+    const restore = options.restoreStatementTimeout
+      ? [
+          "SELECT set_config('statement_timeout', current_setting('sessions.statement_timeout'), true)",
+        ]
+      : [];
+    return CompiledQuery.raw(
+      [inlineParameters(lock.compile()), ...restore, inlineParameters(lookup)].join('; '),
+    );
+  }
+
+  /** Inserts a new session (never an upsert: a token is created once). */
+  async create(input: NewSession): Promise<{ record: SessionRecord; fence?: string }> {
+    const { policy, tenantId } = this;
+    const relaxed = policy.relaxed === true;
+    const { rows, fence } = await this.runner.write<CreatedRow>(
+      CompiledQuery.raw(CREATE, [
+        tenantId,
+        input.actor,
+        input.tokenHash,
+        JSON.stringify(input.data),
+        input.userId,
+        input.origin.ip,
+        input.origin.userAgent,
+        interval(policy.idleTimeoutMs),
+        interval(policy.absoluteTimeoutMs),
+        interval(policy.touchIntervalMs),
+        policy.rotateIntervalMs === undefined ? null : interval(policy.rotateIntervalMs),
+        relaxed,
+      ]),
+      {
+        actor: input.actor,
+        scoped: true,
+        appliedCheck: CompiledQuery.raw(CREATED, [tenantId, input.tokenHash]),
+      },
+    );
+    const row = rows[0]!;
+    const record: SessionRecord = {
+      id: row.id,
+      tenantId,
+      tokenHash: input.tokenHash,
+      userId: input.userId,
+      data: input.data,
+      version: Number(row.version),
+      createdAt: row.created_at,
+      lastSeenAt: row.last_seen_at,
+      idleExpiresAt: row.idle_expires_at,
+      absoluteExpiresAt: row.absolute_expires_at,
+      tokenIssuedAt: row.token_issued_at,
+      touchDue: false,
+      rotationDue: false,
+    };
+    return { record, fence };
+  }
+
+  /**
+   * Writes the request's changes in one statement (`sessions.save_session`): `data ||
+   * patch - removed`, a touch, the optional rotation and user. Matches the live row by
+   * its public id, whatever happened to its token meanwhile, so a destroyed, revoked or
+   * expired session is never brought back. Undefined when no row matched (ended, or a
+   * strict-mode conflict). Every notification is deferred to right after the commit.
+   */
+  async save(delta: SessionDelta): Promise<{ saved?: SavedColumns; fence?: string }> {
+    const { policy, tenantId } = this;
+    const { loaded, rotation } = delta;
+    const patch = JSON.stringify(delta.patch);
+    const removed = [...delta.removed];
+    const binds = delta.userId !== undefined;
+    const newTokenHash = rotation?.newTokenHash ?? null;
+    const { rows, fence } = await this.runner.write<SavedRow>(
+      CompiledQuery.raw(SAVE, [
+        tenantId,
+        delta.actor,
+        loaded.id,
+        loaded.version,
+        patch,
+        removed,
+        delta.expected ? expectationsJson(delta.expected) : null,
+        binds,
+        delta.userId ?? null,
+        newTokenHash,
+        rotation?.onlyIfCurrent ? loaded.tokenHash : null,
+        rotation?.origin.ip ?? null,
+        rotation?.origin.userAgent ?? null,
+        interval(policy.idleTimeoutMs),
+        interval(policy.rotationGraceMs),
+        interval(policy.touchIntervalMs),
+        policy.rotateIntervalMs === undefined ? null : interval(policy.rotateIntervalMs),
+        policy.relaxed === true,
+      ]),
+      {
+        actor: delta.actor,
+        scoped: true,
+        notifyAfterCommit: true,
+        appliedCheck: CompiledQuery.raw(SAVED, [
+          tenantId,
+          loaded.id,
+          loaded.version,
+          patch,
+          removed,
+          newTokenHash,
+          binds,
+          delta.userId ?? null,
+        ]),
+      },
+    );
+    const row = rows[0];
+    if (!row) return { fence };
+    return {
+      saved: {
+        tokenHash: row.token_hash,
+        userId: row.user_id,
+        data: row.data,
+        version: Number(row.version),
+        lastSeenAt: row.last_seen_at,
+        idleExpiresAt: row.idle_expires_at,
+        absoluteExpiresAt: row.absolute_expires_at,
+        tokenIssuedAt: row.token_issued_at,
+        touchDue: row.touch_due,
+        rotationDue: row.rotation_due,
+      },
+      fence,
+    };
+  }
+
+  /**
+   * A rotated-away token presented after its grace period: marks it reused (its
+   * trigger logs both requests) and revokes its session with reason `token_reused`, in
+   * one statement; the triggers notify every node. Returns the ended session.
+   */
+  async revokeReusedToken(
+    tokenHash: Buffer,
+    origin: RequestOrigin,
+    actor: string,
+  ): Promise<(EndedSession & { userId: string | null })[]> {
+    const { tenantId } = this;
+    const { rows } = await this.runner.write(
+      db
+        .with('reused', (qb) =>
+          qb
+            .updateTable('sessions.previous_token')
+            .set({
+              reused_at: sql`now()`,
+              reused_ip: origin.ip,
+              reused_user_agent: origin.userAgent,
+            })
+            .where('tenant_id', '=', tenantId)
+            .where('token_hash', '=', tokenHash)
+            .where('reused_at', 'is', null)
+            .where(sql<boolean>`grace_expires_at <= now()`)
+            .returning('session_id'),
+        )
+        .updateTable('sessions.session')
+        .from('reused')
+        .set({ revoked_at: sql`now()`, revoked_reason: 'token_reused' })
+        .where('tenant_id', '=', tenantId)
+        .whereRef('id', '=', 'reused.session_id')
+        .where(live)
+        .returning(['id', 'token_hash', 'user_id']),
+      { actor },
+    );
+    return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash, userId: row.user_id }));
+  }
+
+  /** Whether the session is still live (tells a strict-mode conflict from a vanished session). */
+  async isLive(id: string): Promise<boolean> {
+    const { rows } = await this.runner.readPrimary(
+      db
+        .selectFrom('sessions.session')
+        .select('id')
+        .where('tenant_id', '=', this.tenantId)
+        .where('id', '=', id)
+        .where(live),
+    );
+    return rows.length > 0;
+  }
+
+  /**
+   * Slides the idle expiry of many sessions in one statement (the batched touches);
+   * only live rows match, so a revoked or expired session is never extended, and
+   * last_seen_at never moves backwards.
+   */
+  async touchMany(ids: readonly string[], actor: string): Promise<number> {
+    const { rows } = await this.runner.write(
+      db
+        .updateTable('sessions.session')
+        .set({
+          last_seen_at: sql<Date>`greatest(last_seen_at, now())`,
+          idle_expires_at: sql<Date>`greatest(idle_expires_at, least(now() + ${interval(this.policy.idleTimeoutMs)}::interval, absolute_expires_at))`,
+        })
+        .where('tenant_id', '=', this.tenantId)
+        .where(sql<boolean>`id = ANY(${[...ids]}::uuid[])`)
+        .where(live)
+        .returning('id'),
+      { actor },
+    );
+    return rows.length;
+  }
+
+  /** Deletes the session row (event `destroyed`); notifies inside its commit. */
+  async destroy(id: string, actor: string): Promise<boolean> {
+    const { rows } = await this.runner.write(
+      db
+        .deleteFrom('sessions.session')
+        .where('tenant_id', '=', this.tenantId)
+        .where('id', '=', id)
+        .returning('id'),
+      { actor },
+    );
+    return rows.length > 0;
+  }
+
+  /** Revokes one session by its public id (event `revoked`); the ended sessions. */
+  revoke(id: string, reason: string, actor: string): Promise<EndedSession[]> {
+    return this.#revokeWhere(sql<boolean>`id = ${id}::uuid`, reason, actor);
+  }
+
+  /** Revokes every live session of a user, optionally but one; returns the ended sessions. */
+  revokeUser(
+    userId: string,
+    reason: string,
+    actor: string,
+    exceptId?: string,
+  ): Promise<EndedSession[]> {
+    const except =
+      exceptId === undefined ? sql<boolean>`true` : sql<boolean>`id <> ${exceptId}::uuid`;
+    return this.#revokeWhere(sql<boolean>`user_id = ${userId} AND ${except}`, reason, actor);
+  }
+
+  /**
+   * Keeps a user's `max` newest live sessions (and always `keepId`): revokes the rest,
+   * oldest first, with reason `max_sessions`.
+   */
+  enforceMaxSessions(
+    userId: string,
+    max: number,
+    keepId: string,
+    actor: string,
+  ): Promise<EndedSession[]> {
+    const surplus = db
+      .selectFrom('sessions.session')
+      .select('id')
+      .where('tenant_id', '=', this.tenantId)
+      .where('user_id', '=', userId)
+      .where('id', '!=', keepId)
+      .where(live)
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .offset(Math.max(0, max - 1));
+    return this.#revokeWhere(sql<boolean>`id IN (${surplus})`, 'max_sessions', actor);
+  }
+
+  /** The one revocation statement: live rows of this tenant matching `which`. */
+  async #revokeWhere(
+    which: RawBuilder<boolean>,
+    reason: string,
+    actor: string,
+  ): Promise<EndedSession[]> {
+    const { rows } = await this.runner.write(
+      db
+        .updateTable('sessions.session')
+        .set({ revoked_at: sql`now()`, revoked_reason: reason })
+        .where('tenant_id', '=', this.tenantId)
+        .where(which)
+        .where(live)
+        .returning(['id', 'token_hash']),
+      { actor },
+    );
+    return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash }));
+  }
+
+  /** A user's live sessions, newest activity first. */
+  async listForUser(userId: string, fence?: string): Promise<DeviceSession[]> {
+    const { rows } = await this.runner.read(
+      db
+        .selectFrom('sessions.session')
+        .select(['id', 'created_at', 'last_seen_at', 'expires_at', 'ip', 'user_agent'])
+        .where('tenant_id', '=', this.tenantId)
+        .where('user_id', '=', userId)
+        .where(live)
+        .orderBy('last_seen_at', 'desc')
+        .orderBy('id'),
+      { fence },
+    );
+    return rows.map((row) => ({
+      id: row.id,
+      createdAt: row.created_at,
+      lastSeenAt: row.last_seen_at,
+      expiresAt: row.expires_at,
+      ip: row.ip,
+      userAgent: row.user_agent,
+    }));
+  }
+}
+
+/** create_session's row. */
+interface CreatedRow {
+  id: string;
+  version: string;
+  created_at: Date;
+  last_seen_at: Date;
+  idle_expires_at: Date;
+  absolute_expires_at: Date;
+  token_issued_at: Date;
+}
+
+/** save_session's row. */
+interface SavedRow {
+  token_hash: Buffer;
+  user_id: string | null;
+  data: Record<string, unknown> | null;
+  version: string;
+  last_seen_at: Date;
+  idle_expires_at: Date;
+  absolute_expires_at: Date;
+  token_issued_at: Date;
+  touch_due: boolean;
+  rotation_due: boolean;
+}
+
+/** Strict mode's expectations as save_session reads them: `{"key": [json]}`, `[]` for absent. */
+function expectationsJson(expected: ReadonlyMap<string, string | undefined>): string {
+  const parts: string[] = [];
+  for (const [key, json] of expected) {
+    parts.push(`${JSON.stringify(key)}:${json === undefined ? '[]' : `[${json}]`}`);
+  }
+  return `{${parts.join(',')}}`;
+}
