@@ -17,6 +17,7 @@ import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
 import { checkAppKeys, resolveOptions } from './options/resolve.js';
 import type { ResolvedOptions, SessionOptions } from './options/types.js';
+import { withdrawEndedKey } from './request/commit.js';
 import { SessionControl } from './request/control.js';
 import { loadSession, revokeStolenAfterTransaction } from './request/load.js';
 import { RequestSession } from './request/request-session.js';
@@ -143,6 +144,7 @@ export function sessions(
       await guard(loadSession(request));
       await runThenCommit(request, next);
     }
+    withdrawEndedKey(request);
   };
 
   /**

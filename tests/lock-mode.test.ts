@@ -30,9 +30,10 @@ async function lockApp(options: Partial<SessionOptions> = {}): Promise<TestApp> 
       });
       // Holds the session's row lock for ?ms.
       router.post('/hold', async (ctx) => {
+        const found = !ctx.session!.isNew;
         ctx.session!.holds = Number(ctx.session!.holds ?? 0) + 1;
         await new Promise((resolve) => setTimeout(resolve, Number(ctx.query.ms)));
-        ctx.body = 'held';
+        ctx.body = ctx.query.report ? { found } : 'held';
       });
       router.get('/read', async (ctx) => {
         const { rows } = await ctx.db!.executeQuery<{ statement_timeout: string }>({
@@ -49,6 +50,10 @@ async function lockApp(options: Partial<SessionOptions> = {}): Promise<TestApp> 
       router.post('/write', (ctx) => {
         ctx.session!.written = true;
         ctx.body = 'ok';
+      });
+      router.post('/logout', (ctx) => {
+        ctx.session = null;
+        ctx.body = 'bye';
       });
       router.post('/increment', async (ctx) => {
         const current = Number(ctx.session!.counter ?? 0);
@@ -172,4 +177,38 @@ test('lock mode: a request that only reads takes no transaction id, so its commi
   // BEGIN, the settings, the lock and the load in one message; COMMIT and the flush in
   // another (the handler's own query is the application's, not counted).
   t.is(app.middleware.metrics.snapshot().roundTrips - before.roundTrips, 2);
+});
+
+test('lock mode: no response answered after a logout hands its ended token out again', async (t) => {
+  const app = await lockApp({ poolSize: 12 });
+  t.teardown(() => app.close());
+  let handedBack = 0;
+  let answeredAfter = 0;
+  for (let round = 0; round < 9; round++) {
+    const browser = new Browser(app.url);
+    await browser.post('/init');
+    const token = browser.cookies.get('sid');
+    const timed = async (path: string) => {
+      const reply = await browser.clone().post(path);
+      return { reply, at: performance.now() };
+    };
+    // Five slow writers of one session and a logout among them, all lock mode: they
+    // take the session's lock one at a time. A writer answered after the logout must
+    // not give the browser back the token the logout ended (it would hold a dead
+    // cookie again), whether it waited behind the logout or committed just before it.
+    const writers = Array.from({ length: 5 }, (_, index) =>
+      timed(`/hold?report=1&ms=${20 + index * 5}`),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    const logout = await timed('/logout');
+    t.is(logout.reply.status, 200);
+    for (const { reply, at } of await Promise.all(writers)) {
+      t.is(reply.status, 200);
+      if (at < logout.at) continue;
+      answeredAfter++;
+      if (reply.setCookies.some((line) => line.startsWith(`sid=${token};`))) handedBack++;
+    }
+  }
+  t.true(answeredAfter > 0, 'some writers were answered after the logout');
+  t.is(handedBack, 0, 'a response after the logout handed out its ended token');
 });

@@ -113,6 +113,24 @@ function sendKey(request: RequestSession, version: number | undefined): void {
   const key = request.services.transport.key(token, request.label);
   const maxAge = session && sessionMaxAge(session);
   request.services.transport.send(request.ctx, request.presented, key, maxAge, version);
+  request.keySent = true;
+}
+
+/**
+ * Just before the response goes out (after the request's transaction, in lock mode): a
+ * key this response carries whose session this node has seen end since (a logout that
+ * was waiting for this request's lock, say) is withdrawn, and the cookie cleared
+ * instead, so that the browser is not handed a dead token after the logout's answer.
+ */
+export function withdrawEndedKey(request: RequestSession): void {
+  const { cache, transport } = request.services;
+  const { token } = request;
+  if (!cache || !request.keySent || token === undefined) return;
+  if (cache.announcedVersion(request.tenantId, hashToken(token)) !== Number.POSITIVE_INFINITY) {
+    return;
+  }
+  request.keySent = false;
+  transport.clear(request.ctx, request.presented);
 }
 
 async function destroy(request: RequestSession, loaded: SessionRecord): Promise<void> {

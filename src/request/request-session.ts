@@ -65,6 +65,8 @@ export class RequestSession implements SessionOwner {
   ended: SessionEnd | undefined;
   /** Statements run in the request's transaction: the cache is neither read nor filled. */
   inTransaction = false;
+  /** This response carries the session's key (a write, or rolling/renew). */
+  keySent = false;
   #store: SessionStore | undefined;
   #transactionStore: SessionStore | undefined;
   /** The commit under way (one started by `ctx.session.save()`, say): the next waits for it. */
