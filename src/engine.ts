@@ -37,7 +37,8 @@ export class SessionEngine {
   readonly services: RequestServices;
   readonly policy: ExpiryPolicy;
   #starting: Promise<void> | undefined;
-  #started = false;
+  /** True once start() has finished: the request path skips it. */
+  started = false;
   #closing: Promise<void> | undefined;
   #unfollow: (() => void) | undefined;
 
@@ -76,18 +77,7 @@ export class SessionEngine {
       metrics,
       logger,
     );
-    if (options.gc) {
-      this.gc = new GarbageCollector(
-        () => database.writer(),
-        {
-          intervalMs: options.gc.interval,
-          batchSize: options.gc.batchSize,
-          maxBatches: options.gc.maxBatches,
-        },
-        metrics,
-        logger,
-      );
-    }
+    if (options.gc) this.gc = this.#collector(options.gc);
     metrics.gauges = () => ({
       cacheEntries: this.cache?.size ?? 0,
       cacheBytes: this.cache?.bytes ?? 0,
@@ -106,7 +96,19 @@ export class SessionEngine {
       metrics,
       logger,
       replicas,
+      failover: typeof (database as { failover?: unknown }).failover === 'function',
     });
+  }
+
+  /** Background garbage collection on the primary (one process at a time, by its lock). */
+  #collector(gc: Exclude<ResolvedOptions['gc'], false>): GarbageCollector {
+    const { database } = this;
+    return new GarbageCollector(
+      () => database.writer(),
+      { intervalMs: gc.interval, batchSize: gc.batchSize, maxBatches: gc.maxBatches },
+      this.metrics,
+      this.options.logger,
+    );
   }
 
   /** The LISTEN connection, following the primary across failovers. */
@@ -142,11 +144,6 @@ export class SessionEngine {
     return new SessionStore(FailoverRunner.around(runner, database, logger), tenantId, this.policy);
   }
 
-  /** True once start() has finished: the request path skips it. */
-  get started(): boolean {
-    return this.#started;
-  }
-
   start(): Promise<void> {
     this.#starting ??= (async () => {
       // A router given `hosts` knows the primary only after its first health check.
@@ -155,7 +152,7 @@ export class SessionEngine {
       await this.listener?.start();
       this.touches.start();
       this.gc?.start();
-      this.#started = true;
+      this.started = true;
     })().catch((error: unknown) => {
       this.#starting = undefined;
       throw error;

@@ -102,143 +102,17 @@ export function sessions(
   engine.listener?.on('down', (error) => events.emit('cache:listener:down', error));
   engine.listener?.on('notification', (message) => events.emit('cache:notification', message));
 
-  const { services } = engine;
-  const { transport } = services;
   /** The app.keys last found usable: checked again only when the app replaces them. */
   let checkedKeys: unknown;
-
-  const middleware = async (ctx: Context, next: Next): Promise<void> => {
+  const middleware = (ctx: Context, next: Next): Promise<void> => {
     const proto = Object.getPrototypeOf(ctx) as object;
     if (!installed.has(proto)) installAccessors(proto);
     if (ctx.app.keys !== checkedKeys) {
       checkAppKeys(ctx.app.keys, resolved.cookie);
       checkedKeys = ctx.app.keys;
     }
-    // Once started, no await: a cached read never leaves the microtask it came in on.
-    if (!engine.started) await guard(engine.start());
-    metrics.increment('requests');
-    const tenantId = validTenant(resolved.tenant(ctx));
-    const mode = resolved.mode(ctx);
-    const presented = transport.read(ctx);
-    if (presented.invalid) {
-      metrics.increment('invalidTokens');
-      // Malformed: nothing to look up (koa-session: missed). A bad signature: invalid.
-      const event = presented.raw !== undefined ? 'session:missed' : 'session:invalid';
-      emitDeferred(ctx.app, resolved.logger, event, {
-        key: presented.raw === undefined ? undefined : eventKey(presented.raw),
-        value: undefined,
-        ctx,
-        via: presented.via,
-      });
-    }
-    const request = new RequestSession(services, ctx, tenantId, mode, presented);
-    ctx[CONTEXT_SESSION] = request;
-    ctx[EARLY_SESSION] = undefined;
-    ctx.sessions = new SessionControl(request);
-
-    // Lock mode locks the presented token's session: without one there is nothing to
-    // lock, and the request stays off the database like in every other mode.
-    if (resolved.transaction(ctx) === 'request' || (mode === 'lock' && presented.token)) {
-      await inRequestTransaction(request, next);
-    } else {
-      await guard(loadSession(request));
-      await runThenCommit(request, next);
-    }
-    withdrawEndedKey(request);
+    return serve(engine, ctx, next);
   };
-
-  /**
-   * As koa-session, the commit runs in a `finally`: a handler that throws after changing
-   * the session, caught by an upstream middleware, still saves. When the commit itself
-   * fails after the handler threw, the handler's error is the one that propagates.
-   */
-  async function runThenCommit(request: RequestSession, next: Next): Promise<void> {
-    try {
-      await next();
-    } catch (error) {
-      if (resolved.koa.autoCommit) {
-        try {
-          await request.commit();
-        } catch (commitError) {
-          resolved.logger.error({ err: commitError }, 'the session could not be saved');
-        }
-      }
-      throw error;
-    }
-    if (resolved.koa.autoCommit) await request.commit();
-  }
-
-  async function inRequestTransaction(request: RequestSession, next: Next): Promise<void> {
-    const { ctx } = request;
-    let began = false;
-    const locking = request.mode === 'lock';
-    try {
-      await engine.kysely.transaction().execute(async (trx) => {
-        began = true;
-        const runner = request.useTransaction(trx, requestSettings(request, locking));
-        // The settings (and BEGIN) travel with the load: one round trip for both.
-        await guard(loadSession(request, locking));
-        await guard(runner.settle());
-        // The application's tables are its own declaration (RequestDatabase); at run time
-        // a Kysely transaction reaches any table the role may use.
-        ctx.db = trx as unknown as Transaction<RequestDatabase>;
-        try {
-          await next();
-        } finally {
-          ctx.db = undefined;
-        }
-        // A handler that throws rolls the whole transaction back, session included.
-        if (!resolved.koa.autoCommit) return;
-        // Each write sets the actor again (the handler may have bound a user).
-        await request.commit();
-        // COMMIT and the deferred notifications, in one message (RequestTransactionDriver).
-        metrics.roundTrip();
-      });
-    } catch (error) {
-      // BEGIN or COMMIT failing; the handler's own errors pass through untouched.
-      if (!began || (!(error instanceof SessionError) && isUnavailableError(error))) {
-        throw toSessionError(error);
-      }
-      throw error;
-    } finally {
-      await revokeStolenAfterTransaction(request).catch((error: unknown) => {
-        resolved.logger.error({ err: error }, 'pg-sessions could not revoke a stolen session');
-      });
-    }
-  }
-
-  /**
-   * The request transaction's settings: tenant (row-level security), actor, lock_timeout.
-   * In lock mode the lock wait may last lockTimeout and then run: the statement that
-   * waits gets a statement_timeout of lockTimeout + statementTimeout, so lock_timeout
-   * (55P03, SESSION_LOCK_TIMEOUT) always fires first; the load puts the saved value
-   * back once it holds the lock. Literals, no bind parameters: they travel with BEGIN
-   * and the load as one simple-protocol message.
-   */
-  function requestSettings(request: RequestSession, locking: boolean): string {
-    const literal = (value: string) => pg.escapeLiteral(value);
-    const settings = [
-      `${settingsStatement(request.tenantId, request.actor())}, set_config('lock_timeout', ${literal(`${resolved.lockTimeout}ms`)}, true)`,
-    ];
-    if (locking) {
-      settings.push(
-        "SELECT set_config('sessions.statement_timeout', current_setting('statement_timeout'), true)",
-        `SELECT set_config('statement_timeout', ${literal(`${resolved.lockTimeout + resolved.statementTimeout}ms`)}, true)`,
-      );
-    }
-    return settings.join('; ');
-  }
-
-  /** Awaits `work`, translating database errors into typed session errors. */
-  async function guard<T>(work: Promise<T>): Promise<T> {
-    try {
-      return await work;
-    } catch (error) {
-      const translated = toSessionError(error);
-      if (translated instanceof SessionStoreUnavailableError) metrics.increment('unavailable');
-      throw translated;
-    }
-  }
 
   const api = Object.assign(middleware, {
     start: () => {
@@ -260,6 +134,147 @@ export function sessions(
     get: () => (engine.listener?.healthy ? engine.listener.backendPid : undefined),
     enumerable: true,
   }) as SessionMiddleware;
+}
+
+/** One request: its session loaded, the handler run, the session committed. */
+async function serve(engine: SessionEngine, ctx: Context, next: Next): Promise<void> {
+  const { services, metrics } = engine;
+  const { options } = services;
+  // Once started, no await: a cached read never leaves the microtask it came in on.
+  if (!engine.started) await guard(metrics, engine.start());
+  metrics.increment('requests');
+  const { fixed } = options;
+  const tenantId = fixed.tenant ?? validTenant(options.tenant(ctx));
+  const mode = fixed.mode ?? options.mode(ctx);
+  const presented = services.transport.read(ctx);
+  if (presented.invalid) {
+    metrics.increment('invalidTokens');
+    // Malformed: nothing to look up (koa-session: missed). A bad signature: invalid.
+    const event = presented.raw !== undefined ? 'session:missed' : 'session:invalid';
+    emitDeferred(ctx.app, options.logger, event, {
+      key: presented.raw === undefined ? undefined : eventKey(presented.raw),
+      value: undefined,
+      ctx,
+      via: presented.via,
+    });
+  }
+  const request = new RequestSession(services, ctx, tenantId, mode, presented);
+  ctx[CONTEXT_SESSION] = request;
+  ctx[EARLY_SESSION] = undefined;
+  ctx.sessions = new SessionControl(request);
+  // Lock mode locks the presented token's session: without one there is nothing to
+  // lock, and the request stays off the database like in every other mode.
+  const transaction = fixed.transaction ?? options.transaction(ctx);
+  if (transaction === 'request' || (mode === 'lock' && presented.token)) {
+    await inRequestTransaction(engine, request, next);
+  } else {
+    await guard(metrics, loadSession(request));
+    await runThenCommit(request, next);
+  }
+  withdrawEndedKey(request);
+}
+
+/**
+ * As koa-session, the commit runs in a `finally`: a handler that throws after changing
+ * the session, caught by an upstream middleware, still saves. When the commit itself
+ * fails after the handler threw, the handler's error is the one that propagates.
+ */
+async function runThenCommit(request: RequestSession, next: Next): Promise<void> {
+  const { autoCommit } = request.services.options.koa;
+  try {
+    await next();
+  } catch (error) {
+    if (autoCommit) {
+      try {
+        await request.commit();
+      } catch (commitError) {
+        request.services.logger.error({ err: commitError }, 'the session could not be saved');
+      }
+    }
+    throw error;
+  }
+  if (autoCommit) await request.commit();
+}
+
+/**
+ * `transaction: 'request'` and lock mode: one transaction on the primary around the
+ * load, the handler (with `ctx.db`) and the commit. A handler that throws rolls the
+ * whole transaction back, session included.
+ */
+async function inRequestTransaction(
+  engine: SessionEngine,
+  request: RequestSession,
+  next: Next,
+): Promise<void> {
+  const { ctx, services } = request;
+  const { metrics, options } = services;
+  let began = false;
+  const locking = request.mode === 'lock';
+  try {
+    await engine.kysely.transaction().execute(async (trx) => {
+      began = true;
+      const runner = request.useTransaction(trx, requestSettings(request, locking));
+      // The settings (and BEGIN) travel with the load: one round trip for both.
+      await guard(metrics, loadSession(request, locking));
+      await guard(metrics, runner.settle());
+      // The application's tables are its own declaration (RequestDatabase); at run time
+      // a Kysely transaction reaches any table the role may use.
+      ctx.db = trx as unknown as Transaction<RequestDatabase>;
+      try {
+        await next();
+      } finally {
+        ctx.db = undefined;
+      }
+      if (!options.koa.autoCommit) return;
+      await request.commit();
+      // COMMIT and the deferred notifications, in one message (RequestTransactionDriver).
+      metrics.roundTrip();
+    });
+  } catch (error) {
+    // BEGIN or COMMIT failing; the handler's own errors pass through untouched.
+    if (!began || (!(error instanceof SessionError) && isUnavailableError(error))) {
+      throw toSessionError(error);
+    }
+    throw error;
+  } finally {
+    await revokeStolenAfterTransaction(request).catch((error: unknown) => {
+      services.logger.error({ err: error }, 'pg-sessions could not revoke a stolen session');
+    });
+  }
+}
+
+/**
+ * The request transaction's settings: tenant (row-level security), actor, lock_timeout.
+ * In lock mode the lock wait may last lockTimeout and then run: the statement that
+ * waits gets a statement_timeout of lockTimeout + statementTimeout, so lock_timeout
+ * (55P03, SESSION_LOCK_TIMEOUT) always fires first; the load puts the saved value
+ * back once it holds the lock. Literals, no bind parameters: they travel with BEGIN
+ * and the load as one simple-protocol message.
+ */
+function requestSettings(request: RequestSession, locking: boolean): string {
+  const { lockTimeout, statementTimeout } = request.services.options;
+  const literal = (value: string) => pg.escapeLiteral(value);
+  const settings = [
+    `${settingsStatement(request.tenantId, request.actor())}, set_config('lock_timeout', ${literal(`${lockTimeout}ms`)}, true)`,
+  ];
+  if (locking) {
+    settings.push(
+      "SELECT set_config('sessions.statement_timeout', current_setting('statement_timeout'), true)",
+      `SELECT set_config('statement_timeout', ${literal(`${lockTimeout + statementTimeout}ms`)}, true)`,
+    );
+  }
+  return settings.join('; ');
+}
+
+/** Awaits `work`, translating database errors into typed session errors. */
+async function guard<T>(metrics: SessionMetrics, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (error) {
+    const translated = toSessionError(error);
+    if (translated instanceof SessionStoreUnavailableError) metrics.increment('unavailable');
+    throw translated;
+  }
 }
 
 /**

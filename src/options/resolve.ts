@@ -129,6 +129,12 @@ export function resolveOptions(given: SessionOptions = {}): ResolvedOptions {
           }),
     logger: options.logger ?? defaultLogger(),
     koa,
+    fixed: Object.freeze({
+      tenant: options.tenant === undefined ? 'default' : undefined,
+      mode: typeof options.mode === 'function' ? undefined : (options.mode ?? 'merge'),
+      transaction:
+        typeof options.transaction === 'function' ? undefined : (options.transaction ?? 'none'),
+    }),
   });
 }
 

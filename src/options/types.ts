@@ -239,6 +239,15 @@ export interface ResolvedOptions {
   readonly logger: Logger;
   /** koa-session's switches and hooks. */
   readonly koa: ResolvedKoaOptions;
+  /**
+   * The per-request choices given as values rather than functions (or left to their
+   * defaults): the request path uses them without a call.
+   */
+  readonly fixed: {
+    readonly tenant?: string;
+    readonly mode?: ConcurrencyMode;
+    readonly transaction?: TransactionMode;
+  };
 }
 
 /** koa-session's hooks and switches, as resolved. */

@@ -8,7 +8,7 @@ import {
   valuesOf,
 } from '../session.js';
 import type { SessionRecord } from '../store/records.js';
-import { generateToken, hashesEqual, hashToken } from '../token.js';
+import { generateToken, hashesEqual } from '../token.js';
 import { type CommitPlan, planCommit } from './commit-plan.js';
 import type { RequestSession } from './request-session.js';
 
@@ -109,7 +109,7 @@ function rotateIfDue(request: RequestSession): void {
 function sendKey(request: RequestSession, version: number | undefined): void {
   const { token, record, session } = request;
   if (token === undefined || !record) return;
-  if (!hashesEqual(hashToken(token), record.tokenHash)) return;
+  if (!hashesEqual(request.hashOf(token), record.tokenHash)) return;
   const key = request.services.transport.key(token, request.label);
   const maxAge = session && sessionMaxAge(session);
   request.services.transport.send(request.ctx, request.presented, key, maxAge, version);
@@ -126,7 +126,9 @@ export function withdrawEndedKey(request: RequestSession): void {
   const { cache, transport } = request.services;
   const { token } = request;
   if (!cache || !request.keySent || token === undefined) return;
-  if (cache.announcedVersion(request.tenantId, hashToken(token)) !== Number.POSITIVE_INFINITY) {
+  if (
+    cache.announcedVersion(request.tenantId, request.hashOf(token)) !== Number.POSITIVE_INFINITY
+  ) {
     return;
   }
   request.keySent = false;
@@ -147,7 +149,7 @@ async function create(request: RequestSession, changes: SessionChanges): Promise
   const startedAt = performance.now();
   request.token ??= generateToken();
   const { record, fence } = await request.store.create({
-    tokenHash: hashToken(request.token),
+    tokenHash: request.hashOf(request.token),
     data: valuesOf(changes.baseline),
     userId: request.pendingUserId ?? null,
     origin: request.origin(),
@@ -173,7 +175,7 @@ async function save(
   const session = request.session!;
   const epoch = services.cache?.epoch ?? 0;
   const startedAt = performance.now();
-  const newTokenHash = request.rotate && request.token ? hashToken(request.token) : undefined;
+  const newTokenHash = request.rotate && request.token ? request.hashOf(request.token) : undefined;
   const userId = request.pendingUserId;
   const { saved, fence } = await request.store.save({
     loaded,

@@ -1,5 +1,4 @@
-import type { SessionRecord } from '../store/records.js';
-import { hashToken } from '../token.js';
+import type { PresentedRow, SessionRecord } from '../store/records.js';
 import type { RequestSession } from './request-session.js';
 
 /**
@@ -13,7 +12,7 @@ import type { RequestSession } from './request-session.js';
 export async function loadSession(request: RequestSession, forUpdate = false): Promise<void> {
   const { token } = request.presented;
   if (!token) return;
-  const tokenHash = hashToken(token);
+  const tokenHash = request.hashOf(token);
   const { cache, cacheTrust, metrics, transport } = request.services;
   const cacheUsable = cache !== undefined && !forUpdate && !request.inTransaction;
   // The version this client last wrote (through any app process): a copy older than
@@ -58,14 +57,19 @@ export async function loadSession(request: RequestSession, forUpdate = false): P
     return;
   }
   metrics.increment('misses');
+  missed(request, tokenHash, found);
+}
+
+/** No live session for the token: a fresh one starts, and the app is told why (koa-session's events). */
+function missed(request: RequestSession, tokenHash: Buffer, found: PresentedRow): void {
   const via = request.presented.via;
   const key = tokenHash.toString('hex');
-  if (!found) {
+  if (!found?.ended) {
     // No row, so no public id: the key is what the store looks up, the token's SHA-256.
     request.emit('session:missed', { key, via });
     return;
   }
-  // Revoked or expired: a fresh session starts, and the app may say why.
+  // Revoked or expired: the app may say why (ctx.sessions.ended).
   request.ended = found.ended;
   if (found.ended.reason === 'expired') {
     request.emit('session:expired', {

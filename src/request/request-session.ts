@@ -1,7 +1,6 @@
 import type { Context } from 'koa';
 import type { Transaction } from 'kysely';
 import { clientAddress } from '../client-address.js';
-import type { PresentedToken } from '../cookie.js';
 import { FailoverRunner } from '../db/failover.js';
 import { PoolRunner, TransactionRunner } from '../db/runner.js';
 import type { SessionsDatabase } from '../db/schema.js';
@@ -22,9 +21,10 @@ import {
 } from '../session.js';
 import type { RequestOrigin, SessionEnd, SessionRecord } from '../store/records.js';
 import { SessionStore } from '../store/session-store.js';
-import { generateToken } from '../token.js';
+import { generateToken, hashToken } from '../token.js';
 import { commitSession } from './commit.js';
 import { emitDeferred, type RequestServices } from './services.js';
+import type { PresentedToken } from './transport.js';
 
 /**
  * The session of one request, koa-session's `ContextSession`: the one place that holds
@@ -71,6 +71,8 @@ export class RequestSession implements SessionOwner {
   #transactionStore: SessionStore | undefined;
   /** The commit under way (one started by `ctx.session.save()`, say): the next waits for it. */
   #committing: Promise<void> | undefined;
+  /** The last token hashed and its SHA-256: the load, the save and the key check share it. */
+  #hashed: { readonly token: string; readonly hash: Buffer } | undefined;
 
   constructor(
     readonly services: RequestServices,
@@ -85,9 +87,9 @@ export class RequestSession implements SessionOwner {
   /** The store on the pool (following failovers), made at the first statement: a cache hit runs none. */
   get poolStore(): SessionStore {
     if (!this.#store) {
-      const { database, metrics, logger, replicas, policy } = this.services;
+      const { database, metrics, logger, replicas, policy, failover } = this.services;
       const pool = new PoolRunner(database, this.tenantId, metrics, logger, replicas);
-      const runner = FailoverRunner.around(pool, database, logger);
+      const runner = failover ? new FailoverRunner(pool, database, logger) : pool;
       this.#store = new SessionStore(runner, this.tenantId, policy);
     }
     return this.#store;
@@ -96,6 +98,15 @@ export class RequestSession implements SessionOwner {
   /** Where this request's statements run: its transaction, or the pool. */
   get store(): SessionStore {
     return this.#transactionStore ?? this.poolStore;
+  }
+
+  /** A token's SHA-256, computed once per request for the token it holds. */
+  hashOf(token: string): Buffer {
+    const hashed = this.#hashed;
+    if (hashed?.token === token) return hashed.hash;
+    const hash = hashToken(token);
+    this.#hashed = { token, hash };
+    return hash;
   }
 
   /** Who the event log names for a write, given the bound user. */

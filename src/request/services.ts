@@ -26,6 +26,8 @@ export interface RequestServices {
   readonly logger: Logger;
   /** Reads may go to replicas: writes record their commit LSN as the client's fence. */
   readonly replicas: boolean;
+  /** The database can find a new primary: statements run through a FailoverRunner. */
+  readonly failover: boolean;
 }
 
 /**

@@ -163,3 +163,59 @@ export function toPresentedRow(row: PresentedSessionRow): PresentedRow {
     data: row.data,
   };
 }
+
+/** What a save wrote: the row's new columns; `data` only when another request changed it too. */
+export interface SavedColumns {
+  readonly tokenHash: Buffer;
+  readonly userId: string | null;
+  /** The stored data, when it differs from the loaded data with this request's delta. */
+  readonly data: Record<string, unknown> | null;
+  readonly version: number;
+  readonly lastSeenAt: Date;
+  readonly idleExpiresAt: Date;
+  readonly absoluteExpiresAt: Date;
+  readonly tokenIssuedAt: Date;
+  readonly touchDue: boolean;
+  readonly rotationDue: boolean;
+}
+
+/** create_session's row. */
+export interface CreatedRow {
+  id: string;
+  version: string;
+  created_at: Date;
+  last_seen_at: Date;
+  idle_expires_at: Date;
+  absolute_expires_at: Date;
+  token_issued_at: Date;
+}
+
+/** save_session's row. */
+export interface SavedRow {
+  token_hash: Buffer;
+  user_id: string | null;
+  data: Record<string, unknown> | null;
+  version: string;
+  last_seen_at: Date;
+  idle_expires_at: Date;
+  absolute_expires_at: Date;
+  token_issued_at: Date;
+  touch_due: boolean;
+  rotation_due: boolean;
+}
+
+/** save_session's row as the request path keeps it. */
+export function savedColumns(row: SavedRow): SavedColumns {
+  return {
+    tokenHash: row.token_hash,
+    userId: row.user_id,
+    data: row.data,
+    version: Number(row.version),
+    lastSeenAt: row.last_seen_at,
+    idleExpiresAt: row.idle_expires_at,
+    absoluteExpiresAt: row.absolute_expires_at,
+    tokenIssuedAt: row.token_issued_at,
+    touchDue: row.touch_due,
+    rotationDue: row.rotation_due,
+  };
+}

@@ -1,21 +1,33 @@
 import { CompiledQuery, type RawBuilder, sql } from 'kysely';
-import { queryBuilder as db, inlineParameters, type StatementRunner } from '../db/runner.js';
+import { queryBuilder as db, type StatementRunner } from '../db/runner.js';
 import {
+  type CreatedRow,
   type DeviceSession,
   type EndedSession,
   type ExpiryPolicy,
   type PresentedRow,
   type PresentedSessionRow,
   type RequestOrigin,
+  type SavedColumns,
+  type SavedRow,
   type SessionRecord,
+  savedColumns,
   toPresentedRow,
 } from './records.js';
-
-/**
- * The first key of the sessions' advisory locks ('pgsl'); the second is the hash of the
- * session id. ('pgse' with 1, 2 and 3 are the migration, GC and event-pruning locks.)
- */
-export const SESSION_LOCK_CLASS = 0x7067736c;
+import {
+  CREATE,
+  CREATED,
+  expectationsJson,
+  interval,
+  intervalsOf,
+  LOOKUP,
+  LOOKUP_LIVE,
+  live,
+  lockedLookup,
+  reusedTokenRevocation,
+  SAVE,
+  SAVED,
+} from './statements.js';
 
 /** How a lookup runs: locked (lock mode), fenced (read-your-writes on replicas). */
 export interface LookupOptions {
@@ -59,57 +71,6 @@ export interface SessionDelta {
   readonly actor: string;
 }
 
-/** What a save wrote: the row's new columns; `data` only when another request changed it too. */
-export interface SavedColumns {
-  readonly tokenHash: Buffer;
-  readonly userId: string | null;
-  /** The stored data, when it differs from the loaded data with this request's delta. */
-  readonly data: Record<string, unknown> | null;
-  readonly version: number;
-  readonly lastSeenAt: Date;
-  readonly idleExpiresAt: Date;
-  readonly absoluteExpiresAt: Date;
-  readonly tokenIssuedAt: Date;
-  readonly touchDue: boolean;
-  readonly rotationDue: boolean;
-}
-
-const interval = (ms: number) => `${ms} milliseconds`;
-
-/**
- * Live means: not revoked, and neither expiry passed by the database's clock. Written
- * as `expires_at`'s own definition, not the column: `expires_at > now()` would make the
- * planner read the end of session_expires_at_idx (where garbage collection leaves its
- * dead entries) whenever now() lies outside the column's histogram (issue 18).
- */
-const live = sql<boolean>`revoked_at IS NULL AND least(idle_expires_at, absolute_expires_at) > now()`;
-
-// The request path's statements as fixed text: planned once per connection inside their
-// functions (migrations 5 and 6), and never rebuilt by Kysely per request.
-const LOOKUP = 'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) LIMIT 1';
-const LOOKUP_LIVE =
-  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) WHERE ended IS NULL LIMIT 1';
-const CREATE =
-  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10::interval, $11::interval, $12)';
-const SAVE =
-  'SELECT * FROM sessions.save_session($1, $2, $3::uuid, $4, $5::jsonb, $6::text[], $7::jsonb, $8, $9, $10, $11, $12::inet, $13, $14::interval, $15::interval, $16::interval, $17::interval, $18)';
-/** A new session's row by its token, in the shape create_session returns: a retry's check. */
-const CREATED =
-  'SELECT id, version, created_at, last_seen_at, idle_expires_at, absolute_expires_at, token_issued_at FROM sessions.session WHERE tenant_id = $1 AND token_hash = $2';
-/**
- * A save's row when it already holds the delta (a retry's check, in the shape
- * save_session returns): newer than loaded, every patched key as written, every removed
- * key gone, the new token and the user in place.
- */
-const SAVED = `SELECT token_hash, user_id, data, version, last_seen_at, idle_expires_at,
-    absolute_expires_at, token_issued_at, false AS touch_due, false AS rotation_due
-  FROM sessions.session
- WHERE tenant_id = $1 AND id = $2::uuid AND version > $3
-   AND NOT EXISTS (SELECT FROM jsonb_each($4::jsonb) AS p(key, value) WHERE data -> p.key IS DISTINCT FROM p.value)
-   AND NOT (data ?| $5::text[])
-   AND ($6::bytea IS NULL OR token_hash = $6::bytea)
-   AND (NOT $7 OR user_id IS NOT DISTINCT FROM $8)`;
-
 /**
  * The session queries of one tenant, run by one {@link StatementRunner} (a pool, a
  * failover wrapper around it, or the request's transaction). Each is one statement;
@@ -144,14 +105,14 @@ export class SessionStore {
     options: LookupOptions,
     text: string,
   ): Promise<PresentedSessionRow | undefined> {
-    const { touchIntervalMs, rotateIntervalMs } = this.policy;
     const lookup = CompiledQuery.raw(text, [
       this.tenantId,
       tokenHash,
-      interval(touchIntervalMs),
-      rotateIntervalMs === undefined ? null : interval(rotateIntervalMs),
+      ...intervalsOf(this.policy).lookup,
     ]);
-    const query = options.forUpdate ? this.#locked(tokenHash, lookup, options) : lookup;
+    const query = options.forUpdate
+      ? lockedLookup(this.tenantId, tokenHash, lookup, options.restoreStatementTimeout === true)
+      : lookup;
     const { runner } = this;
     const { rows, fromReplica } = await runner.read<PresentedSessionRow>(query, {
       fence: options.fence,
@@ -170,51 +131,6 @@ export class SessionStore {
     return row;
   }
 
-  /**
-   * Lock mode: a transaction-scoped advisory lock keyed by the session, then the lookup
-   * as a second statement of the same message: its snapshot is taken after the lock was
-   * granted, so it sees what the previous holder committed. An advisory lock takes no
-   * transaction id and writes no WAL, so a lock-mode request that writes nothing commits
-   * without a WAL flush. A rotation that commits while this waits moves the presented
-   * token to previous_token: the lookup still finds the session there.
-   */
-  #locked(
-    tokenHash: Buffer,
-    lookup: CompiledQuery<unknown>,
-    options: LookupOptions,
-  ): CompiledQuery<PresentedSessionRow> {
-    const sessionId = db
-      .selectFrom('sessions.session')
-      .select('id')
-      .where('tenant_id', '=', this.tenantId)
-      .where('token_hash', '=', tokenHash)
-      .unionAll(
-        db
-          .selectFrom('sessions.previous_token')
-          .select('session_id as id')
-          .where('tenant_id', '=', this.tenantId)
-          .where('token_hash', '=', tokenHash),
-      )
-      .limit(1);
-    const lock = db
-      .selectFrom(sessionId.as('found'))
-      .select(
-        sql<string>`pg_advisory_xact_lock(${SESSION_LOCK_CLASS}, hashtext(found.id::text))`.as(
-          'locked',
-        ),
-      );
-    // The lock wait ran with lockTimeout + statementTimeout (the middleware's settings);
-    // the statements after it get the statement_timeout saved before.
-    const restore = options.restoreStatementTimeout
-      ? [
-          "SELECT set_config('statement_timeout', current_setting('sessions.statement_timeout'), true)",
-        ]
-      : [];
-    return CompiledQuery.raw(
-      [inlineParameters(lock.compile()), ...restore, inlineParameters(lookup)].join('; '),
-    );
-  }
-
   /** Inserts a new session (never an upsert: a token is created once). */
   async create(input: NewSession): Promise<{ record: SessionRecord; fence?: string }> {
     const { policy, tenantId } = this;
@@ -228,10 +144,7 @@ export class SessionStore {
         input.userId,
         input.origin.ip,
         input.origin.userAgent,
-        interval(policy.idleTimeoutMs),
-        interval(policy.absoluteTimeoutMs),
-        interval(policy.touchIntervalMs),
-        policy.rotateIntervalMs === undefined ? null : interval(policy.rotateIntervalMs),
+        ...intervalsOf(policy).create,
         relaxed,
       ]),
       {
@@ -288,10 +201,7 @@ export class SessionStore {
         rotation?.onlyIfCurrent ? loaded.tokenHash : null,
         rotation?.origin.ip ?? null,
         rotation?.origin.userAgent ?? null,
-        interval(policy.idleTimeoutMs),
-        interval(policy.rotationGraceMs),
-        interval(policy.touchIntervalMs),
-        policy.rotateIntervalMs === undefined ? null : interval(policy.rotateIntervalMs),
+        ...intervalsOf(policy).save,
         policy.relaxed === true,
       ]),
       {
@@ -311,22 +221,7 @@ export class SessionStore {
       },
     );
     const row = rows[0];
-    if (!row) return { fence };
-    return {
-      saved: {
-        tokenHash: row.token_hash,
-        userId: row.user_id,
-        data: row.data,
-        version: Number(row.version),
-        lastSeenAt: row.last_seen_at,
-        idleExpiresAt: row.idle_expires_at,
-        absoluteExpiresAt: row.absolute_expires_at,
-        tokenIssuedAt: row.token_issued_at,
-        touchDue: row.touch_due,
-        rotationDue: row.rotation_due,
-      },
-      fence,
-    };
+    return row ? { saved: savedColumns(row), fence } : { fence };
   }
 
   /**
@@ -339,30 +234,8 @@ export class SessionStore {
     origin: RequestOrigin,
     actor: string,
   ): Promise<(EndedSession & { userId: string | null })[]> {
-    const { tenantId } = this;
     const { rows } = await this.runner.write(
-      db
-        .with('reused', (qb) =>
-          qb
-            .updateTable('sessions.previous_token')
-            .set({
-              reused_at: sql`now()`,
-              reused_ip: origin.ip,
-              reused_user_agent: origin.userAgent,
-            })
-            .where('tenant_id', '=', tenantId)
-            .where('token_hash', '=', tokenHash)
-            .where('reused_at', 'is', null)
-            .where(sql<boolean>`grace_expires_at <= now()`)
-            .returning('session_id'),
-        )
-        .updateTable('sessions.session')
-        .from('reused')
-        .set({ revoked_at: sql`now()`, revoked_reason: 'token_reused' })
-        .where('tenant_id', '=', tenantId)
-        .whereRef('id', '=', 'reused.session_id')
-        .where(live)
-        .returning(['id', 'token_hash', 'user_id']),
+      reusedTokenRevocation(this.tenantId, tokenHash, origin),
       { actor },
     );
     return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash, userId: row.user_id }));
@@ -497,38 +370,4 @@ export class SessionStore {
       userAgent: row.user_agent,
     }));
   }
-}
-
-/** create_session's row. */
-interface CreatedRow {
-  id: string;
-  version: string;
-  created_at: Date;
-  last_seen_at: Date;
-  idle_expires_at: Date;
-  absolute_expires_at: Date;
-  token_issued_at: Date;
-}
-
-/** save_session's row. */
-interface SavedRow {
-  token_hash: Buffer;
-  user_id: string | null;
-  data: Record<string, unknown> | null;
-  version: string;
-  last_seen_at: Date;
-  idle_expires_at: Date;
-  absolute_expires_at: Date;
-  token_issued_at: Date;
-  touch_due: boolean;
-  rotation_due: boolean;
-}
-
-/** Strict mode's expectations as save_session reads them: `{"key": [json]}`, `[]` for absent. */
-function expectationsJson(expected: ReadonlyMap<string, string | undefined>): string {
-  const parts: string[] = [];
-  for (const [key, json] of expected) {
-    parts.push(`${JSON.stringify(key)}:${json === undefined ? '[]' : `[${json}]`}`);
-  }
-  return `{${parts.join(',')}}`;
 }

@@ -1,0 +1,162 @@
+// The request path's statements: fixed text for the functions of migrations 5 and 6
+// (planned once per connection, never rebuilt per request), the lock-mode lookup, and
+// the liveness rule every other statement shares.
+import { CompiledQuery, sql } from 'kysely';
+import { queryBuilder as db, inlineParameters } from '../db/runner.js';
+import type { ExpiryPolicy, PresentedSessionRow, RequestOrigin } from './records.js';
+
+/**
+ * The first key of the sessions' advisory locks ('pgsl'); the second is the hash of the
+ * session id. ('pgse' with 1, 2 and 3 are the migration, GC and event-pruning locks.)
+ */
+export const SESSION_LOCK_CLASS = 0x7067736c;
+
+export const interval = (ms: number) => `${ms} milliseconds`;
+
+/**
+ * Live means: not revoked, and neither expiry passed by the database's clock. Written
+ * as `expires_at`'s own definition, not the column: `expires_at > now()` would make the
+ * planner read the end of session_expires_at_idx (where garbage collection leaves its
+ * dead entries) whenever now() lies outside the column's histogram (issue 18).
+ */
+export const live = sql<boolean>`revoked_at IS NULL AND least(idle_expires_at, absolute_expires_at) > now()`;
+
+// The request path's statements as fixed text: planned once per connection inside their
+// functions (migrations 5 and 6), and never rebuilt by Kysely per request.
+export const LOOKUP =
+  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) LIMIT 1';
+export const LOOKUP_LIVE =
+  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) WHERE ended IS NULL LIMIT 1';
+export const CREATE =
+  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10::interval, $11::interval, $12)';
+export const SAVE =
+  'SELECT * FROM sessions.save_session($1, $2, $3::uuid, $4, $5::jsonb, $6::text[], $7::jsonb, $8, $9, $10, $11, $12::inet, $13, $14::interval, $15::interval, $16::interval, $17::interval, $18)';
+/** A new session's row by its token, in the shape create_session returns: a retry's check. */
+export const CREATED =
+  'SELECT id, version, created_at, last_seen_at, idle_expires_at, absolute_expires_at, token_issued_at FROM sessions.session WHERE tenant_id = $1 AND token_hash = $2';
+/**
+ * A save's row when it already holds the delta (a retry's check, in the shape
+ * save_session returns): newer than loaded, every patched key as written, every removed
+ * key gone, the new token and the user in place.
+ */
+export const SAVED = `SELECT token_hash, user_id, data, version, last_seen_at, idle_expires_at,
+    absolute_expires_at, token_issued_at, false AS touch_due, false AS rotation_due
+  FROM sessions.session
+ WHERE tenant_id = $1 AND id = $2::uuid AND version > $3
+   AND NOT EXISTS (SELECT FROM jsonb_each($4::jsonb) AS p(key, value) WHERE data -> p.key IS DISTINCT FROM p.value)
+   AND NOT (data ?| $5::text[])
+   AND ($6::bytea IS NULL OR token_hash = $6::bytea)
+   AND (NOT $7 OR user_id IS NOT DISTINCT FROM $8)`;
+
+/**
+ * Lock mode: a transaction-scoped advisory lock keyed by the session, then the lookup
+ * as a second statement of the same message: its snapshot is taken after the lock was
+ * granted, so it sees what the previous holder committed. An advisory lock takes no
+ * transaction id and writes no WAL, so a lock-mode request that writes nothing commits
+ * without a WAL flush. A rotation that commits while this waits moves the presented
+ * token to previous_token: the lookup still finds the session there.
+ */
+export function lockedLookup(
+  tenantId: string,
+  tokenHash: Buffer,
+  lookup: CompiledQuery<unknown>,
+  restoreStatementTimeout: boolean,
+): CompiledQuery<PresentedSessionRow> {
+  const sessionId = db
+    .selectFrom('sessions.session')
+    .select('id')
+    .where('tenant_id', '=', tenantId)
+    .where('token_hash', '=', tokenHash)
+    .unionAll(
+      db
+        .selectFrom('sessions.previous_token')
+        .select('session_id as id')
+        .where('tenant_id', '=', tenantId)
+        .where('token_hash', '=', tokenHash),
+    )
+    .limit(1);
+  const lock = db
+    .selectFrom(sessionId.as('found'))
+    .select(
+      sql<string>`pg_advisory_xact_lock(${SESSION_LOCK_CLASS}, hashtext(found.id::text))`.as(
+        'locked',
+      ),
+    );
+  // The lock wait ran with lockTimeout + statementTimeout (the middleware's settings);
+  // the statements after it get the statement_timeout saved before.
+  const restore = restoreStatementTimeout
+    ? [
+        "SELECT set_config('statement_timeout', current_setting('sessions.statement_timeout'), true)",
+      ]
+    : [];
+  return CompiledQuery.raw(
+    [inlineParameters(lock.compile()), ...restore, inlineParameters(lookup)].join('; '),
+  );
+}
+
+/** Strict mode's expectations as save_session reads them: `{"key": [json]}`, `[]` for absent. */
+export function expectationsJson(expected: ReadonlyMap<string, string | undefined>): string {
+  const parts: string[] = [];
+  for (const [key, json] of expected) {
+    parts.push(`${JSON.stringify(key)}:${json === undefined ? '[]' : `[${json}]`}`);
+  }
+  return `{${parts.join(',')}}`;
+}
+
+/** A policy's durations as the functions' interval literals, made once per policy. */
+interface PolicyIntervals {
+  /** lookup_session: touch, rotate. */
+  readonly lookup: readonly (string | null)[];
+  /** create_session: idle, absolute, touch, rotate. */
+  readonly create: readonly (string | null)[];
+  /** save_session: idle, grace, touch, rotate. */
+  readonly save: readonly (string | null)[];
+}
+
+const intervalsByPolicy = new WeakMap<ExpiryPolicy, PolicyIntervals>();
+
+export function intervalsOf(policy: ExpiryPolicy): PolicyIntervals {
+  let intervals = intervalsByPolicy.get(policy);
+  if (!intervals) {
+    const touch = interval(policy.touchIntervalMs);
+    const rotate = policy.rotateIntervalMs === undefined ? null : interval(policy.rotateIntervalMs);
+    const idle = interval(policy.idleTimeoutMs);
+    intervals = {
+      lookup: [touch, rotate],
+      create: [idle, interval(policy.absoluteTimeoutMs), touch, rotate],
+      save: [idle, interval(policy.rotationGraceMs), touch, rotate],
+    };
+    intervalsByPolicy.set(policy, intervals);
+  }
+  return intervals;
+}
+
+/**
+ * A rotated-away token presented after its grace period: marks it reused (its trigger
+ * logs both requests) and revokes its session with reason `token_reused`, in one
+ * statement; the triggers notify every node.
+ */
+export function reusedTokenRevocation(tenantId: string, tokenHash: Buffer, origin: RequestOrigin) {
+  return db
+    .with('reused', (qb) =>
+      qb
+        .updateTable('sessions.previous_token')
+        .set({
+          reused_at: sql`now()`,
+          reused_ip: origin.ip,
+          reused_user_agent: origin.userAgent,
+        })
+        .where('tenant_id', '=', tenantId)
+        .where('token_hash', '=', tokenHash)
+        .where('reused_at', 'is', null)
+        .where(sql<boolean>`grace_expires_at <= now()`)
+        .returning('session_id'),
+    )
+    .updateTable('sessions.session')
+    .from('reused')
+    .set({ revoked_at: sql`now()`, revoked_reason: 'token_reused' })
+    .where('tenant_id', '=', tenantId)
+    .whereRef('id', '=', 'reused.session_id')
+    .where(live)
+    .returning(['id', 'token_hash', 'user_id']);
+}
