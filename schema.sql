@@ -220,8 +220,8 @@ REVOKE EXECUTE ON FUNCTION sessions.content_changed(sessions.session,sessions.se
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session,sessions.session) TO sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.content_changed(sessions.session,sessions.session) TO sessions_app;
 
-CREATE OR REPLACE FUNCTION sessions.create_session(tenant text, actor text, new_token_hash bytea, new_data jsonb, new_user_id text, client_ip inet, client_user_agent text, idle_timeout interval, absolute_timeout interval, touch_interval interval, rotate_interval interval, relaxed boolean)
- RETURNS TABLE(id uuid, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone)
+CREATE OR REPLACE FUNCTION sessions.create_session(tenant text, actor text, new_token_hash bytea, new_data jsonb, new_user_id text, client_ip inet, client_user_agent text, idle_timeout interval, absolute_timeout interval, relaxed boolean)
+ RETURNS TABLE(id uuid, version bigint, created_ms double precision, last_seen_ms double precision, idle_expires_ms double precision, absolute_expires_ms double precision, token_issued_ms double precision)
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
@@ -237,13 +237,15 @@ BEGIN
     VALUES (tenant, new_token_hash, new_user_id, new_data,
             now() + least(idle_timeout, absolute_timeout), now() + absolute_timeout,
             client_ip, client_user_agent)
-    RETURNING s.id, s.version, s.created_at, s.last_seen_at, s.idle_expires_at,
-              s.absolute_expires_at, s.token_issued_at;
+    RETURNING s.id, s.version, (extract(epoch FROM s.created_at) * 1000)::float8,
+              (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.token_issued_at) * 1000)::float8;
 END
 $function$;
-REVOKE EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,interval,interval,boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,interval,interval,boolean) TO sessions_admin;
-GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,interval,interval,boolean) TO sessions_app;
+REVOKE EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean) TO sessions_app;
 
 CREATE OR REPLACE FUNCTION sessions.current_actor()
  RETURNS text
@@ -642,8 +644,8 @@ $function$;
 ALTER FUNCTION sessions.revoke_user(text,text,text) OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.revoke_user(text,text,text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION sessions.save_session(tenant text, actor text, session_id uuid, loaded_version bigint, patch jsonb, removed text[], expected jsonb, bind_user boolean, new_user_id text, new_token_hash bytea, only_if_token_hash bytea, rotation_ip inet, rotation_user_agent text, idle_timeout interval, rotation_grace interval, touch_interval interval, rotate_interval interval, relaxed boolean)
- RETURNS TABLE(token_hash bytea, user_id text, data jsonb, version bigint, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean)
+CREATE OR REPLACE FUNCTION sessions.save_session(tenant text, actor text, session_id uuid, loaded_version bigint, patch jsonb, removed text[], expected jsonb, bind_user boolean, new_user_id text, new_token_hash bytea, only_if_token_hash bytea, rotation_ip inet, rotation_user_agent text, idle_timeout interval, rotation_grace interval, relaxed boolean)
+ RETURNS TABLE(token_hash bytea, user_id text, data jsonb, version bigint, last_seen_ms double precision, idle_expires_ms double precision, absolute_expires_ms double precision, token_issued_ms double precision)
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
@@ -689,10 +691,10 @@ BEGIN
              SELECT FROM jsonb_each(expected) AS e(key, loaded)
               WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
                          ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-    RETURNING s.token_hash, s.user_id, NULL::jsonb, s.version, s.last_seen_at,
-              s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
-              s.last_seen_at < now() - touch_interval,
-              coalesce(s.token_issued_at <= now() - rotate_interval, false);
+    RETURNING s.token_hash, s.user_id, NULL::jsonb, s.version,
+              (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.token_issued_at) * 1000)::float8;
   IF NOT FOUND THEN
     -- Another request changed the row since this one loaded it (or it ended, or a
     -- strict expectation fails): the same update on whatever the row is now, with its data.
@@ -712,10 +714,10 @@ BEGIN
                SELECT FROM jsonb_each(expected) AS e(key, loaded)
                 WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
                            ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-      RETURNING s.token_hash, s.user_id, s.data, s.version, s.last_seen_at,
-                s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
-                s.last_seen_at < now() - touch_interval,
-                coalesce(s.token_issued_at <= now() - rotate_interval, false);
+      RETURNING s.token_hash, s.user_id, s.data, s.version,
+                (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+                (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
+                (extract(epoch FROM s.token_issued_at) * 1000)::float8;
   END IF;
   -- A retry of a rotation that had committed finds its own token: nothing replaced.
   IF FOUND AND rotate_to IS NOT NULL AND rotate_to IS DISTINCT FROM replaced THEN
@@ -726,9 +728,9 @@ BEGIN
   END IF;
 END
 $function$;
-REVOKE EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,interval,interval,boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,interval,interval,boolean) TO sessions_admin;
-GRANT EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,interval,interval,boolean) TO sessions_app;
+REVOKE EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,boolean) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.save_session(text,text,uuid,bigint,jsonb,text[],jsonb,boolean,text,bytea,bytea,inet,text,interval,interval,boolean) TO sessions_app;
 
 CREATE TRIGGER previous_token_log_reuse AFTER UPDATE ON sessions.previous_token REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessions.log_token_reuse();
 CREATE TRIGGER session_bump_version BEFORE UPDATE ON sessions.session FOR EACH ROW EXECUTE FUNCTION sessions.bump_version();

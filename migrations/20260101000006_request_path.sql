@@ -26,18 +26,16 @@ CREATE FUNCTION sessions.create_session(
   client_user_agent text,
   idle_timeout interval,
   absolute_timeout interval,
-  touch_interval interval,
-  rotate_interval interval,
   relaxed boolean
 )
 RETURNS TABLE (
   id uuid,
   version bigint,
-  created_at timestamptz,
-  last_seen_at timestamptz,
-  idle_expires_at timestamptz,
-  absolute_expires_at timestamptz,
-  token_issued_at timestamptz
+  created_ms float8,
+  last_seen_ms float8,
+  idle_expires_ms float8,
+  absolute_expires_ms float8,
+  token_issued_ms float8
 )
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -54,8 +52,10 @@ BEGIN
     VALUES (tenant, new_token_hash, new_user_id, new_data,
             now() + least(idle_timeout, absolute_timeout), now() + absolute_timeout,
             client_ip, client_user_agent)
-    RETURNING s.id, s.version, s.created_at, s.last_seen_at, s.idle_expires_at,
-              s.absolute_expires_at, s.token_issued_at;
+    RETURNING s.id, s.version, (extract(epoch FROM s.created_at) * 1000)::float8,
+              (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.token_issued_at) * 1000)::float8;
 END
 $$;
 
@@ -77,6 +77,8 @@ $$;
 -- `relaxed`: a change of data alone commits with synchronous_commit = off.
 -- Every notification is deferred to sessions.notify_deferred() (the caller sends it
 -- right after its COMMIT), as log_update allows for data, rotation and binding.
+-- Times come back as milliseconds since the epoch: the caller turns them into dates
+-- without parsing timestamp text.
 CREATE FUNCTION sessions.save_session(
   tenant text,
   actor text,
@@ -93,8 +95,6 @@ CREATE FUNCTION sessions.save_session(
   rotation_user_agent text,
   idle_timeout interval,
   rotation_grace interval,
-  touch_interval interval,
-  rotate_interval interval,
   relaxed boolean
 )
 RETURNS TABLE (
@@ -102,12 +102,10 @@ RETURNS TABLE (
   user_id text,
   data jsonb,
   version bigint,
-  last_seen_at timestamptz,
-  idle_expires_at timestamptz,
-  absolute_expires_at timestamptz,
-  token_issued_at timestamptz,
-  touch_due boolean,
-  rotation_due boolean
+  last_seen_ms float8,
+  idle_expires_ms float8,
+  absolute_expires_ms float8,
+  token_issued_ms float8
 )
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -154,10 +152,10 @@ BEGIN
              SELECT FROM jsonb_each(expected) AS e(key, loaded)
               WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
                          ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-    RETURNING s.token_hash, s.user_id, NULL::jsonb, s.version, s.last_seen_at,
-              s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
-              s.last_seen_at < now() - touch_interval,
-              coalesce(s.token_issued_at <= now() - rotate_interval, false);
+    RETURNING s.token_hash, s.user_id, NULL::jsonb, s.version,
+              (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
+              (extract(epoch FROM s.token_issued_at) * 1000)::float8;
   IF NOT FOUND THEN
     -- Another request changed the row since this one loaded it (or it ended, or a
     -- strict expectation fails): the same update on whatever the row is now, with its data.
@@ -177,10 +175,10 @@ BEGIN
                SELECT FROM jsonb_each(expected) AS e(key, loaded)
                 WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
                            ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-      RETURNING s.token_hash, s.user_id, s.data, s.version, s.last_seen_at,
-                s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
-                s.last_seen_at < now() - touch_interval,
-                coalesce(s.token_issued_at <= now() - rotate_interval, false);
+      RETURNING s.token_hash, s.user_id, s.data, s.version,
+                (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+                (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
+                (extract(epoch FROM s.token_issued_at) * 1000)::float8;
   END IF;
   -- A retry of a rotation that had committed finds its own token: nothing replaced.
   IF FOUND AND rotate_to IS NOT NULL AND rotate_to IS DISTINCT FROM replaced THEN
@@ -194,15 +192,15 @@ $$;
 
 REVOKE EXECUTE ON FUNCTION
   sessions.create_session(text, text, bytea, jsonb, text, inet, text, interval, interval,
-                          interval, interval, boolean),
+                          boolean),
   sessions.save_session(text, text, uuid, bigint, jsonb, text[], jsonb, boolean, text, bytea,
-                        bytea, inet, text, interval, interval, interval, interval, boolean)
+                        bytea, inet, text, interval, interval, boolean)
   FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
   sessions.create_session(text, text, bytea, jsonb, text, inet, text, interval, interval,
-                          interval, interval, boolean),
+                          boolean),
   sessions.save_session(text, text, uuid, bigint, jsonb, text[], jsonb, boolean, text, bytea,
-                        bytea, inet, text, interval, interval, interval, interval, boolean)
+                        bytea, inet, text, interval, interval, boolean)
   TO sessions_app, sessions_admin;
 
 -- log_update as in 20260101000003, but for which changes may wait for notify_deferred:
@@ -278,10 +276,9 @@ $$;
 
 -- migrate:down
 DROP FUNCTION sessions.save_session(text, text, uuid, bigint, jsonb, text[], jsonb, boolean,
-                                    text, bytea, bytea, inet, text, interval, interval,
-                                    interval, interval, boolean);
+                                    text, bytea, bytea, inet, text, interval, interval, boolean);
 DROP FUNCTION sessions.create_session(text, text, bytea, jsonb, text, inet, text, interval,
-                                      interval, interval, interval, boolean);
+                                      interval, boolean);
 -- log_update as 20260101000003 defines it: only a change of data alone may be deferred.
 CREATE OR REPLACE FUNCTION sessions.log_update() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -206,11 +206,16 @@ async function save(
   // The loaded token is no longer the session's (rotated by this request or another).
   if (!hashesEqual(saved.tokenHash, loaded.tokenHash)) forget(request, loaded);
   // The stored data is the loaded data with this delta, unless another request wrote too.
+  const rotateInterval = services.options.rotateInterval;
   const record: SessionRecord = {
     ...loaded,
     ...saved,
     data: saved.data ?? valuesOf(changes.baseline),
     snapshot: saved.data ? undefined : changes.baseline,
+    // Just written: its expiry slid now; a rotation is due only if none happened for that long.
+    touchDue: false,
+    rotationDue:
+      rotateInterval !== false && saved.tokenIssuedAt.getTime() <= Date.now() - rotateInterval,
   };
   request.record = record;
   request.fence = fence ?? request.fence;

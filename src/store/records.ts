@@ -175,33 +175,29 @@ export interface SavedColumns {
   readonly idleExpiresAt: Date;
   readonly absoluteExpiresAt: Date;
   readonly tokenIssuedAt: Date;
-  readonly touchDue: boolean;
-  readonly rotationDue: boolean;
 }
 
-/** create_session's row. */
+/** create_session's row (times in ms since the epoch). */
 export interface CreatedRow {
   id: string;
   version: string;
-  created_at: Date;
-  last_seen_at: Date;
-  idle_expires_at: Date;
-  absolute_expires_at: Date;
-  token_issued_at: Date;
+  created_ms: number;
+  last_seen_ms: number;
+  idle_expires_ms: number;
+  absolute_expires_ms: number;
+  token_issued_ms: number;
 }
 
-/** save_session's row. */
+/** save_session's row (times in ms since the epoch; data only when another request wrote too). */
 export interface SavedRow {
   token_hash: Buffer;
   user_id: string | null;
   data: Record<string, unknown> | null;
   version: string;
-  last_seen_at: Date;
-  idle_expires_at: Date;
-  absolute_expires_at: Date;
-  token_issued_at: Date;
-  touch_due: boolean;
-  rotation_due: boolean;
+  last_seen_ms: number;
+  idle_expires_ms: number;
+  absolute_expires_ms: number;
+  token_issued_ms: number;
 }
 
 /** save_session's row as the request path keeps it. */
@@ -211,11 +207,9 @@ export function savedColumns(row: SavedRow): SavedColumns {
     userId: row.user_id,
     data: row.data,
     version: Number(row.version),
-    lastSeenAt: row.last_seen_at,
-    idleExpiresAt: row.idle_expires_at,
-    absoluteExpiresAt: row.absolute_expires_at,
-    tokenIssuedAt: row.token_issued_at,
-    touchDue: row.touch_due,
-    rotationDue: row.rotation_due,
+    lastSeenAt: new Date(row.last_seen_ms),
+    idleExpiresAt: new Date(row.idle_expires_ms),
+    absoluteExpiresAt: new Date(row.absolute_expires_ms),
+    tokenIssuedAt: new Date(row.token_issued_ms),
   };
 }

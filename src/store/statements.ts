@@ -28,19 +28,26 @@ export const LOOKUP =
 export const LOOKUP_LIVE =
   'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) WHERE ended IS NULL LIMIT 1';
 export const CREATE =
-  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10::interval, $11::interval, $12)';
+  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10)';
 export const SAVE =
-  'SELECT * FROM sessions.save_session($1, $2, $3::uuid, $4, $5::jsonb, $6::text[], $7::jsonb, $8, $9, $10, $11, $12::inet, $13, $14::interval, $15::interval, $16::interval, $17::interval, $18)';
+  'SELECT * FROM sessions.save_session($1, $2, $3::uuid, $4, $5::jsonb, $6::text[], $7::jsonb, $8, $9, $10, $11, $12::inet, $13, $14::interval, $15::interval, $16)';
 /** A new session's row by its token, in the shape create_session returns: a retry's check. */
-export const CREATED =
-  'SELECT id, version, created_at, last_seen_at, idle_expires_at, absolute_expires_at, token_issued_at FROM sessions.session WHERE tenant_id = $1 AND token_hash = $2';
+export const CREATED = `SELECT id, version, (extract(epoch FROM created_at) * 1000)::float8 AS created_ms,
+    (extract(epoch FROM last_seen_at) * 1000)::float8 AS last_seen_ms,
+    (extract(epoch FROM idle_expires_at) * 1000)::float8 AS idle_expires_ms,
+    (extract(epoch FROM absolute_expires_at) * 1000)::float8 AS absolute_expires_ms,
+    (extract(epoch FROM token_issued_at) * 1000)::float8 AS token_issued_ms
+  FROM sessions.session WHERE tenant_id = $1 AND token_hash = $2`;
 /**
  * A save's row when it already holds the delta (a retry's check, in the shape
  * save_session returns): newer than loaded, every patched key as written, every removed
  * key gone, the new token and the user in place.
  */
-export const SAVED = `SELECT token_hash, user_id, data, version, last_seen_at, idle_expires_at,
-    absolute_expires_at, token_issued_at, false AS touch_due, false AS rotation_due
+export const SAVED = `SELECT token_hash, user_id, data, version,
+    (extract(epoch FROM last_seen_at) * 1000)::float8 AS last_seen_ms,
+    (extract(epoch FROM idle_expires_at) * 1000)::float8 AS idle_expires_ms,
+    (extract(epoch FROM absolute_expires_at) * 1000)::float8 AS absolute_expires_ms,
+    (extract(epoch FROM token_issued_at) * 1000)::float8 AS token_issued_ms
   FROM sessions.session
  WHERE tenant_id = $1 AND id = $2::uuid AND version > $3
    AND NOT EXISTS (SELECT FROM jsonb_each($4::jsonb) AS p(key, value) WHERE data -> p.key IS DISTINCT FROM p.value)
@@ -107,9 +114,9 @@ export function expectationsJson(expected: ReadonlyMap<string, string | undefine
 interface PolicyIntervals {
   /** lookup_session: touch, rotate. */
   readonly lookup: readonly (string | null)[];
-  /** create_session: idle, absolute, touch, rotate. */
+  /** create_session: idle, absolute. */
   readonly create: readonly (string | null)[];
-  /** save_session: idle, grace, touch, rotate. */
+  /** save_session: idle, grace. */
   readonly save: readonly (string | null)[];
 }
 
@@ -123,8 +130,8 @@ export function intervalsOf(policy: ExpiryPolicy): PolicyIntervals {
     const idle = interval(policy.idleTimeoutMs);
     intervals = {
       lookup: [touch, rotate],
-      create: [idle, interval(policy.absoluteTimeoutMs), touch, rotate],
-      save: [idle, interval(policy.rotationGraceMs), touch, rotate],
+      create: [idle, interval(policy.absoluteTimeoutMs)],
+      save: [idle, interval(policy.rotationGraceMs)],
     };
     intervalsByPolicy.set(policy, intervals);
   }
