@@ -153,3 +153,24 @@ test.serial(
     t.is(keys[1], 'invalid-key');
   },
 );
+
+for (const overwrite of [true, false]) {
+  test.serial(
+    `overwrite: ${overwrite} — a save() and the request's own write send the cookie ${overwrite ? 'once' : 'twice'}`,
+    async (t) => {
+      const app = bareApp(t);
+      app.keys = ['k'];
+      app.use(sessionFor(t, db.appUrl, { overwrite } as never, app));
+      app.use(async (ctx) => {
+        ctx.session!.first = 1;
+        await ctx.session!.save();
+        ctx.session!.second = 2;
+        ctx.body = 'ok';
+      });
+      const client = await listen(t, app);
+      const reply = await client.get('/');
+      const sessionCookies = (reply.setCookie ?? []).filter((line) => line.startsWith('koa.sess='));
+      t.is(sessionCookies.length, overwrite ? 1 : 2);
+    },
+  );
+}
