@@ -63,10 +63,7 @@ $$;
 -- its token meanwhile (so a destroyed, revoked or expired session is never brought
 -- back): data || patch - removed, a touch, and optionally a new token and a user.
 --
--- `loaded_version`: the version the request loaded. The update first runs only if the
--- row still has it; then the data it wrote is the loaded data with the request's changes
--- applied, which the caller knows, and `data` comes back NULL. If another request
--- changed the row meanwhile, the update runs again on the newer row and returns its data.
+-- `loaded_version`: the version the request loaded (see the loop below for why).
 -- `expected` (strict mode): {"key": [loaded json]} or {"key": []} (absent at load); a
 -- key that no longer holds what was loaded matches nothing (a conflict), and no row
 -- comes back.
@@ -115,6 +112,9 @@ DECLARE
   replaced bytea;
   current_version bigint;
   rotate_to bytea := new_token_hash;
+  attempt integer;
+  -- FOUND after a FOR loop says whether it looped, not whether the UPDATE matched.
+  saved boolean := false;
 BEGIN
   PERFORM set_config('sessions.tenant', tenant, true), set_config('sessions.actor', actor, true);
   IF relaxed AND new_token_hash IS NULL AND NOT bind_user THEN
@@ -135,30 +135,11 @@ BEGIN
       rotate_to := NULL;
     END IF;
   END IF;
-  PERFORM set_config('sessions.defer_notify', 'on', true);
-  RETURN QUERY
-    UPDATE sessions.session AS s
-       SET data = (s.data || patch) - removed,
-           last_seen_at = greatest(s.last_seen_at, now()),
-           idle_expires_at = greatest(s.idle_expires_at,
-                                      least(now() + idle_timeout, s.absolute_expires_at)),
-           token_hash = coalesce(rotate_to, s.token_hash),
-           token_issued_at = CASE WHEN rotate_to IS NULL THEN s.token_issued_at ELSE now() END,
-           user_id = CASE WHEN bind_user THEN new_user_id ELSE s.user_id END
-     WHERE s.tenant_id = tenant AND s.id = session_id
-       AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
-       AND coalesce(current_version, s.version) = loaded_version
-       AND (expected IS NULL OR NOT EXISTS (
-             SELECT FROM jsonb_each(expected) AS e(key, loaded)
-              WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
-                         ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-    RETURNING s.token_hash, s.user_id, NULL::jsonb, s.version,
-              (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
-              (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
-              (extract(epoch FROM s.token_issued_at) * 1000)::float8;
-  IF NOT FOUND THEN
-    -- Another request changed the row since this one loaded it (or it ended, or a
-    -- strict expectation fails): the same update on whatever the row is now, with its data.
+  -- First only if the row still has the loaded version: then the data it writes is the
+  -- loaded data with this delta, which the caller knows, and `data` comes back NULL. If
+  -- another request changed the row meanwhile (or it ended, or a strict expectation
+  -- fails), once more on whatever the row is now, returning its data.
+  FOR attempt IN 1..2 LOOP
     PERFORM set_config('sessions.defer_notify', 'on', true);
     RETURN QUERY
       UPDATE sessions.session AS s
@@ -171,17 +152,21 @@ BEGIN
              user_id = CASE WHEN bind_user THEN new_user_id ELSE s.user_id END
        WHERE s.tenant_id = tenant AND s.id = session_id
          AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
+         AND (attempt = 2 OR coalesce(current_version, s.version) = loaded_version)
          AND (expected IS NULL OR NOT EXISTS (
                SELECT FROM jsonb_each(expected) AS e(key, loaded)
                 WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
                            ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-      RETURNING s.token_hash, s.user_id, s.data, s.version,
-                (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
+      RETURNING s.token_hash, s.user_id, CASE WHEN attempt = 1 THEN NULL ELSE s.data END,
+                s.version, (extract(epoch FROM s.last_seen_at) * 1000)::float8,
+                (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
                 (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
                 (extract(epoch FROM s.token_issued_at) * 1000)::float8;
-  END IF;
+    saved := FOUND;
+    EXIT WHEN saved;
+  END LOOP;
   -- A retry of a rotation that had committed finds its own token: nothing replaced.
-  IF FOUND AND rotate_to IS NOT NULL AND rotate_to IS DISTINCT FROM replaced THEN
+  IF saved AND rotate_to IS NOT NULL AND rotate_to IS DISTINCT FROM replaced THEN
     INSERT INTO sessions.previous_token (tenant_id, token_hash, session_id, grace_expires_at,
                                          rotation_ip, rotation_user_agent)
     VALUES (tenant, replaced, session_id, now() + rotation_grace, rotation_ip, rotation_user_agent)
