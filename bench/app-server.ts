@@ -61,6 +61,7 @@ async function startSessions(database: string | ReplicaRouter): Promise<SessionM
     // Lock mode keeps the cache (its requests read under the lock, never from it).
     cache: variant === 'pg-sessions-nocache' ? false : {},
     mode: variant === 'pg-sessions-lock' ? 'lock' : 'merge',
+    durability: variant === 'pg-sessions-relaxed' ? 'relaxed' : 'durable',
     // Nothing expires during a run; a collector waking up mid-cell would only add noise.
     gc: false,
   });

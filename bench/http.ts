@@ -235,7 +235,9 @@ function measure(
     ...cell,
     roundTripsPerRequest:
       requests > 0 ? (after.metrics.roundTrips - before.metrics.roundTrips) / requests : Number.NaN,
-    ...(variant === 'pg-sessions-cache' || variant === 'pg-sessions-lock'
+    ...(variant === 'pg-sessions-cache' ||
+    variant === 'pg-sessions-relaxed' ||
+    variant === 'pg-sessions-lock'
       ? { cacheHitRatio: lookups > 0 ? hits / lookups : Number.NaN }
       : {}),
   };

@@ -67,6 +67,7 @@ const LABELS: Record<Variant, string> = {
   'koa-session-redis': 'koa-session, Redis store (ioredis)',
   'pg-sessions-nocache': 'pg-sessions, `cache: false`',
   'pg-sessions-cache': 'pg-sessions, cache on',
+  'pg-sessions-relaxed': "pg-sessions, cache on, `durability: 'relaxed'`",
   'pg-sessions-lock': "pg-sessions, `mode: 'lock'`",
 };
 

@@ -10,6 +10,8 @@ export const VARIANTS = [
   'koa-session-redis',
   'pg-sessions-nocache',
   'pg-sessions-cache',
+  // The same with `durability: 'relaxed'`: data writes commit with synchronous_commit off.
+  'pg-sessions-relaxed',
   'pg-sessions-lock',
 ] as const;
 export type Variant = (typeof VARIANTS)[number];
