@@ -1,12 +1,8 @@
-import { execFile } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { arch, platform } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
-
-const execFileAsync = promisify(execFile);
 
 /** Where the PostgreSQL server programs come from. */
 export interface PostgresBinaries {
@@ -74,12 +70,4 @@ export async function resolveBinaries(
     pgCtl: module.pg_ctl,
     source: 'embedded',
   };
-}
-
-/** The server's major version, from `postgres --version` ("postgres (PostgreSQL) 18.1"). */
-export async function binaryMajorVersion(bins: PostgresBinaries): Promise<number> {
-  const { stdout } = await execFileAsync(bins.postgres, ['--version']);
-  const match = /\(PostgreSQL\)\s+(\d+)/.exec(stdout);
-  if (!match?.[1]) throw new Error(`cannot read the version from: ${stdout.trim()}`);
-  return Number(match[1]);
 }
