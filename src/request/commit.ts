@@ -64,7 +64,7 @@ export function planFor(request: RequestSession, changes: SessionChanges | undef
     forcedSave: session !== undefined && isForcedSave(session),
     rotate: request.rotate,
     bindUser: request.pendingUserId !== undefined,
-    touchDue: record?.touchDue === true,
+    touchDue: record !== undefined && request.touchDue,
     saveUninitialized,
     rolling: koa.rolling,
     renew: koa.renew,
@@ -85,7 +85,8 @@ export function planFor(request: RequestSession, changes: SessionChanges | undef
 function rotateIfDue(request: RequestSession): void {
   const via = request.presented.via;
   if (
-    !request.record?.rotationDue ||
+    !request.record ||
+    !request.rotationDue ||
     request.inGrace ||
     request.destroyed ||
     request.revokedSelf ||
@@ -206,17 +207,17 @@ async function save(
   // The loaded token is no longer the session's (rotated by this request or another).
   if (!hashesEqual(saved.tokenHash, loaded.tokenHash)) forget(request, loaded);
   // The stored data is the loaded data with this delta, unless another request wrote too.
-  const rotateInterval = services.options.rotateInterval;
   const record: SessionRecord = {
     ...loaded,
     ...saved,
     data: saved.data ?? valuesOf(changes.baseline),
     snapshot: saved.data ? undefined : changes.baseline,
-    // Just written: its expiry slid now; a rotation is due only if none happened for that long.
+    // Just written: its expiry slid now, and the token is the newest a rotation could give.
     touchDue: false,
-    rotationDue:
-      rotateInterval !== false && saved.tokenIssuedAt.getTime() <= Date.now() - rotateInterval,
+    rotationDue: false,
   };
+  request.touchDue = false;
+  request.rotationDue = false;
   request.record = record;
   request.fence = fence ?? request.fence;
   markSaved(session, changes.baseline);

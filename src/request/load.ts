@@ -22,7 +22,13 @@ export async function loadSession(request: RequestSession, forUpdate = false): P
     const cached = cache.fresh(request.tenantId, tokenHash, fenceVersion);
     if (cached) {
       metrics.increment('cacheHits');
-      use(request, withDueFlags(request, cached), token);
+      // The row's due flags were computed when it was read: judge them by this moment.
+      const { touchInterval, rotateInterval } = request.services.options;
+      const now = Date.now();
+      request.touchDue = cached.lastSeenAt.getTime() < now - touchInterval;
+      request.rotationDue =
+        rotateInterval !== false && cached.tokenIssuedAt.getTime() <= now - rotateInterval;
+      use(request, cached, token);
       return;
     }
     metrics.increment('cacheMisses');
@@ -48,6 +54,8 @@ export async function loadSession(request: RequestSession, forUpdate = false): P
     }
     // Cached under the session's current hash, never the rotated-away one.
     if (cacheUsable && cacheTrust?.healthy) cache.set(current, epoch);
+    request.touchDue = current.touchDue;
+    request.rotationDue = current.rotationDue;
     if (rotatedAway === 'grace') {
       request.inGrace = true;
       use(request, current, undefined);
@@ -82,17 +90,6 @@ function missed(request: RequestSession, tokenHash: Buffer, found: PresentedRow)
     // koa-session has no revoked event: missed, keyed as an unknown token is.
     request.emit('session:missed', { key, via, ended: found.ended });
   }
-}
-
-/** A cached row with this moment's due flags (the row's were computed when it was read). */
-function withDueFlags(request: RequestSession, cached: SessionRecord): SessionRecord {
-  const { touchInterval, rotateInterval } = request.services.options;
-  const now = Date.now();
-  return {
-    ...cached,
-    touchDue: cached.lastSeenAt.getTime() < now - touchInterval,
-    rotationDue: rotateInterval !== false && cached.tokenIssuedAt.getTime() <= now - rotateInterval,
-  };
 }
 
 /**

@@ -61,6 +61,10 @@ export class RequestSession implements SessionOwner {
   pendingUserId: string | null | undefined;
   /** The commit LSN of this request's last write, for read-your-writes on replicas. */
   fence: string | undefined;
+  /** The loaded session's last_seen_at is older than touchInterval: its expiry slides at commit. */
+  touchDue = false;
+  /** The loaded session's token is older than rotateInterval: periodic rotation at commit. */
+  rotationDue = false;
   /** The presented token's session was revoked or has expired (ctx.sessions.ended). */
   ended: SessionEnd | undefined;
   /** Statements run in the request's transaction: the cache is neither read nor filled. */
