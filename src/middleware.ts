@@ -26,7 +26,7 @@ import { isStorableText } from './serialize.js';
 import { Session } from './session.js';
 import { hashToken } from './token.js';
 
-const CONTEXT_SESSION = Symbol('pg-sessions.context-session');
+const CONTEXT_SESSION = Symbol('pg-sessions.request-session');
 /** ctx.session read before the middleware ran: a placeholder the middleware replaces. */
 const EARLY_SESSION = Symbol('pg-sessions.early-session');
 
@@ -317,7 +317,7 @@ function installAccessors(proto: object): void {
   if (installed.has(proto)) return;
   installed.add(proto);
   if (Object.hasOwn(proto, 'session')) return;
-  // The accessor only delegates: the request's ContextSession owns the state.
+  // The accessor only delegates: the request's RequestSession owns the state.
   Object.defineProperty(proto, 'session', {
     configurable: true,
     get(this: Context) {
