@@ -296,12 +296,41 @@ export function isForcedSave(session: Session): boolean {
   return stateOf(session).forceSave;
 }
 
+/** What an unchanged session's delta is: shared, never written to. */
+const NO_PATCH: Record<string, unknown> = Object.freeze({}) as Record<string, unknown>;
+const NO_KEYS: string[] = Object.freeze([]) as unknown as string[];
+const NO_EXPECTATIONS: Map<string, string | undefined> = new Map();
+
 /**
  * The delta since load, validating every changed value (faithful JSON, no reserved
- * key). Unchanged keys are not serialised into the patch.
+ * key). Unchanged keys are not serialised into the patch. A session whose every key is
+ * as loaded (every read) allocates nothing: its baseline is what it loaded.
  */
 export function collectChanges(session: Session): SessionChanges {
   const state = stateOf(session);
+  const { loaded } = state;
+  let size = 2;
+  let unchanged = 0;
+  for (const key of Object.getOwnPropertyNames(session)) {
+    const value = (session as unknown as Record<string, unknown>)[key];
+    if (value === undefined) continue;
+    if (RESERVED_KEYS.has(key)) throw new SessionDataError('this key name is reserved', key);
+    const before = loaded.get(key);
+    if (
+      before === undefined ||
+      (before.primitive ? before.value !== value : serializeValue(value, key) !== before.json)
+    ) {
+      return changesOf(session, state);
+    }
+    size += before.bytes;
+    unchanged++;
+  }
+  if (unchanged !== loaded.size) return changesOf(session, state);
+  return { patch: NO_PATCH, removed: NO_KEYS, expected: NO_EXPECTATIONS, size, baseline: loaded };
+}
+
+/** The delta of a session that changed: the patch, the removed keys, the new baseline. */
+function changesOf(session: Session, state: SessionInternals): SessionChanges {
   const patch: Record<string, unknown> = {};
   const removed: string[] = [];
   const expected = new Map<string, string | undefined>();
