@@ -345,13 +345,42 @@ export class TransactionRunner implements StatementRunner {
 export function inlineParameters(query: CompiledQuery<unknown>): string {
   const { parameters } = query;
   if (parameters.length === 0) return query.sql;
-  return query.sql.replace(/\$(\d+)/g, (_, position: string) => {
-    const index = Number(position) - 1;
-    if (index < 0 || index >= parameters.length) {
-      throw new Error(`statement refers to parameter $${position}, which was not given`);
+  const parts = templateOf(query.sql);
+  let text = '';
+  for (const part of parts) {
+    if (typeof part === 'string') {
+      text += part;
+      continue;
     }
-    return literal(parameters[index]);
-  });
+    if (part < 0 || part >= parameters.length) {
+      throw new Error(`statement refers to parameter $${part + 1}, which was not given`);
+    }
+    text += literal(parameters[part]);
+  }
+  return text;
+}
+
+/**
+ * A statement's text split at its `$n` placeholders (text, then a parameter's index):
+ * the store's statements are few and fixed, so each is split once, not per request.
+ */
+const templates = new Map<string, readonly (string | number)[]>();
+
+function templateOf(sql: string): readonly (string | number)[] {
+  let parts = templates.get(sql);
+  if (parts) return parts;
+  const split: (string | number)[] = [];
+  let last = 0;
+  for (const match of sql.matchAll(/\$(\d+)/g)) {
+    split.push(sql.slice(last, match.index), Number(match[1]) - 1);
+    last = match.index + match[0].length;
+  }
+  split.push(sql.slice(last));
+  parts = split;
+  // Kysely's statements repeat their text for the same shape; a bound keeps an odd
+  // caller from growing this without end.
+  if (templates.size < 512) templates.set(sql, parts);
+  return parts;
 }
 
 function literal(value: unknown): string {
