@@ -46,7 +46,7 @@ export async function commitSession(request: RequestSession): Promise<void> {
 }
 
 /** What the end of the request will do, given the handler's changes. */
-export function planFor(request: RequestSession, changes: SessionChanges | undefined): CommitPlan {
+function planFor(request: RequestSession, changes: SessionChanges | undefined): CommitPlan {
   const { session, record } = request;
   const { koa, cookie, saveUninitialized } = request.services.options;
   const cookieMaxAge = (session && sessionMaxAge(session)) ?? cookie.maxAge;
