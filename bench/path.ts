@@ -58,6 +58,7 @@ try {
       requests: Number(args.requests ?? 50_000),
       sessions: Number(args.sessions ?? 1000),
       connections: Number(args.connections ?? 32),
+      serverPid: server?.pid,
       pgSessionsOptions: args.options ? (JSON.parse(args.options) as Record<string, unknown>) : {},
       onMeasure: profiler
         ? async (phase, label) => {
@@ -75,14 +76,22 @@ try {
     { create: () => createTestDatabase() },
     (line) => process.stderr.write(`${line}\n`),
   );
-  const byCell = new Map<string, number[]>();
+  const byCell = new Map<string, { app: number[]; server: number[] }>();
   for (const cell of result.cells) {
     const key = `${cell.variant} ${cell.op}`;
-    byCell.set(key, [...(byCell.get(key) ?? []), cell.cpuMicrosPerRequest]);
+    const figures = byCell.get(key) ?? { app: [], server: [] };
+    figures.app.push(cell.cpuMicrosPerRequest);
+    if (cell.serverMicrosPerRequest !== undefined) figures.server.push(cell.serverMicrosPerRequest);
+    byCell.set(key, figures);
   }
-  for (const [key, values] of byCell) {
-    const sorted = values.sort((a, b) => a - b).map((value) => value.toFixed(0));
-    process.stdout.write(`${key}: ${sorted.join(' / ')} µs of app CPU per request\n`);
+  const spread = (values: number[]) =>
+    values
+      .sort((a, b) => a - b)
+      .map((value) => value.toFixed(0))
+      .join(' / ');
+  for (const [key, { app, server }] of byCell) {
+    const database = server.length > 0 ? `; PostgreSQL ${spread(server)} µs` : '';
+    process.stdout.write(`${key}: ${spread(app)} µs of app CPU per request${database}\n`);
   }
 } finally {
   await stopTestServer();

@@ -26,6 +26,8 @@ interface PgSimpleOptions {
   /** Lifetime of a row whose session carries no `cookie.expires` (koa-session's never do), s. */
   readonly ttl: number;
   readonly createTableIfMissing: boolean;
+  /** Seconds between prunes of expired rows, or false for none. */
+  readonly pruneSessionInterval?: false | number;
 }
 
 const require = createRequire(import.meta.url);
@@ -46,14 +48,16 @@ function promised<T>(call: (callback: Callback<T>) => void): Promise<T | undefin
 
 /**
  * A koa-session store on connect-pg-simple at `url`, with its defaults otherwise (a pg
- * pool of 10 connections, pruning every 15 minutes). Its table is created on first use
- * (`createTableIfMissing`); `ready()` does that first use.
+ * pool of 10 connections, pruning every 15 minutes unless `prune` is false: a prune
+ * still running when the benchmark drops its database is reported as a pool error).
+ * Its table is created on first use (`createTableIfMissing`); `ready()` does that first use.
  */
-export function pgSimpleStore(url: string, maxAgeMs: number) {
+export function pgSimpleStore(url: string, maxAgeMs: number, prune = true) {
   const pgStore = new PGStore({
     conString: url,
     ttl: Math.ceil(maxAgeMs / 1000),
     createTableIfMissing: true,
+    ...(prune ? {} : { pruneSessionInterval: false as const }),
   });
   const store: KoaSessionStore = {
     async get(key) {

@@ -362,6 +362,7 @@ const PATH_LABELS: Record<PathVariant, string> = {
   bare: 'bare Koa (the context and handler alone)',
   'koa-session': LABELS['koa-session'],
   'koa-session-redis': LABELS['koa-session-redis'],
+  'koa-session-pg': 'koa-session, connect-pg-simple store',
   'pg-sessions': 'pg-sessions, cache on (the defaults)',
 };
 
@@ -375,6 +376,9 @@ function renderPath(result: RequestPathResult, settings: PathSettings, stamp: st
         `| ${op} | ${PATH_LABELS[variant]} | ${spread(
           cellsFor(variant, op).map((cell) => cell.cpuMicrosPerRequest),
           1,
+        )} | ${spread(
+          cellsFor(variant, op).flatMap((cell) => cell.serverMicrosPerRequest ?? []),
+          0,
         )} |`,
     ),
   );
@@ -393,10 +397,11 @@ ${stamp} The same handlers as the HTTP cells, called in the benchmark's own proc
 built from unconnected sockets: no HTTP parsing, no response written, no load generator. ${settings.connections} requests in flight,
 ${settings.requests} reads and ${Math.ceil(settings.requests / 10)} writes per cell after a quarter as many unrecorded, over ${settings.sessions} sessions,
 ${settings.rounds} round${settings.rounds > 1 ? 's' : ''} interleaved. Process CPU time (user + system) per request, µs: mean [lowest–highest] over the rounds;
-round trips to Redis and PostgreSQL are in it, the servers' own CPU is not.
+round trips to Redis and PostgreSQL are in it, the servers' own CPU is not: PostgreSQL's (all
+its processes, from /proc, when the benchmark started the server) is the last column.
 
-| request | layer | app CPU µs / request |
-| --- | --- | ---: |
+| request | layer | app CPU µs / request | PostgreSQL CPU µs / request |
+| --- | --- | ---: | ---: |
 ${rows.join('\n')}
 
 - target: a cached read costs the app fewer µs than koa-session spends on its cookie, by round (pg-sessions vs koa-session): ${byRound} — ${met ? '**met**' : '**not met**'}`;

@@ -17,9 +17,19 @@ import { createSession } from 'koa-session';
 import { sessions } from '../src/index.js';
 import type { TestDatabase } from '../src/testing/index.js';
 import { benchHandler } from './handlers.js';
+import { pgSimpleStore } from './pg-simple-store.js';
 import { redisStore } from './redis-store.js';
+import { processTreeCpuMicros } from './server-cpu.js';
 
-export const PATH_VARIANTS = ['bare', 'koa-session', 'koa-session-redis', 'pg-sessions'] as const;
+export const PATH_VARIANTS = [
+  'bare',
+  'koa-session',
+  'koa-session-redis',
+  // koa-session on connect-pg-simple (bench/pg-simple-store.ts): a session row in
+  // PostgreSQL at its plainest, one autocommitted statement per store call.
+  'koa-session-pg',
+  'pg-sessions',
+] as const;
 export type PathVariant = (typeof PATH_VARIANTS)[number];
 
 /** read: GET /read of a live session; write: POST /write changing one of its keys. */
@@ -41,6 +51,11 @@ export interface PathSettings {
   /** Measured requests per read cell; write cells run a tenth of it. */
   readonly requests: number;
   readonly rounds: number;
+  /**
+   * The PostgreSQL server's postmaster, when this process started it: each cell then
+   * also reports the server's CPU per request (all its processes, from /proc).
+   */
+  readonly serverPid?: number;
 }
 
 export interface PathCell {
@@ -52,6 +67,8 @@ export interface PathCell {
   readonly cpuMicrosPerRequest: number;
   /** The part of it spent in the kernel (socket reads and writes, wake-ups). */
   readonly systemMicrosPerRequest?: number;
+  /** PostgreSQL's CPU time (every process of the server) per request, µs, when known. */
+  readonly serverMicrosPerRequest?: number;
   /** Requests that found no session (401) or failed: a broken cell, never a fast one. */
   readonly failed: number;
 }
@@ -89,7 +106,16 @@ async function startLayer(
     );
     return { app, middleware, close: redis.close };
   }
-  if (!database) throw new Error('pg-sessions needs a database');
+  if (!database) throw new Error(`${variant} needs a database`);
+  if (variant === 'koa-session-pg') {
+    const pgSimple = pgSimpleStore(database.url, 86_400_000, false);
+    await pgSimple.ready();
+    const middleware = createSession(
+      { key: 'sid', signed: true, maxAge: 86_400_000, store: pgSimple.store },
+      app,
+    );
+    return { app, middleware, close: pgSimple.close };
+  }
   const middleware = sessions({ ...pgSessionsOptions, database: database.appUrl, gc: false });
   await middleware.start();
   return { app, middleware, close: () => middleware.close() };
@@ -132,7 +158,13 @@ class Driver {
     readonly variant: PathVariant,
     readonly layer: Layer,
   ) {
-    this.#handle = benchHandler(variant === 'pg-sessions' ? 'pg-sessions-cache' : variant);
+    this.#handle = benchHandler(
+      variant === 'pg-sessions'
+        ? 'pg-sessions-cache'
+        : variant === 'koa-session-pg'
+          ? 'koa-session'
+          : variant,
+    );
   }
 
   /** One request through the layer; false when it found no session or failed. */
@@ -161,11 +193,12 @@ class Driver {
   }
 
   /** `requests` requests, `connections` in flight; returns CPU µs per request and failures. */
-  async run(op: PathOp, requests: number, connections: number) {
+  async run(op: PathOp, requests: number, connections: number, serverPid?: number) {
     const [method, path] = op === 'read' ? ['GET', '/read'] : ['POST', '/write'];
     let sent = 0;
     let failed = 0;
     const before = process.cpuUsage();
+    const serverBefore = processTreeCpuMicros(serverPid);
     await Promise.all(
       Array.from({ length: connections }, async () => {
         while (sent < requests) {
@@ -176,9 +209,13 @@ class Driver {
       }),
     );
     const cpu = process.cpuUsage(before);
+    const serverAfter = processTreeCpuMicros(serverPid);
     return {
       cpuMicrosPerRequest: (cpu.user + cpu.system) / requests,
       systemMicrosPerRequest: cpu.system / requests,
+      ...(serverBefore !== undefined && serverAfter !== undefined
+        ? { serverMicrosPerRequest: (serverAfter - serverBefore) / requests }
+        : {}),
       failed,
     };
   }
@@ -210,11 +247,14 @@ export async function runRequestPath(
           await driver.run(op, Math.ceil(requests / 4), settings.connections);
           const label = `${driver.variant}-${op}-${round}`;
           await settings.onMeasure?.('start', label);
-          const measured = await driver.run(op, requests, settings.connections);
+          const measured = await driver.run(op, requests, settings.connections, settings.serverPid);
           await settings.onMeasure?.('stop', label);
           cells.push({ variant: driver.variant, op, round, requests, ...measured });
           log(
             `request path, round ${round}, ${driver.variant} ${op}: ${measured.cpuMicrosPerRequest.toFixed(1)} µs of CPU per request (${measured.systemMicrosPerRequest.toFixed(1)} in the kernel)` +
+              (measured.serverMicrosPerRequest !== undefined
+                ? `, PostgreSQL ${measured.serverMicrosPerRequest.toFixed(0)} µs`
+                : '') +
               (measured.failed > 0 ? `, ${measured.failed} failed` : ''),
           );
         }

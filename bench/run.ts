@@ -225,7 +225,11 @@ async function runSingleServerParts(
     }
     const pathResult =
       parts.includes('http') && !narrowed
-        ? await runRequestPath(requestPath, { create: () => createTestDatabase() }, log)
+        ? await runRequestPath(
+            { ...requestPath, serverPid: ownServer?.pid ?? server.process?.pid ?? postmasterPid },
+            { create: () => createTestDatabase() },
+            log,
+          )
         : undefined;
     let notifyResult: NotifyResult | undefined;
     if (parts.includes('notify')) {
