@@ -51,6 +51,7 @@ export class SessionEngine {
       rotateIntervalMs: options.rotateInterval === false ? undefined : options.rotateInterval,
       rotationGraceMs: options.rotationGrace,
       relaxed: options.durability === 'relaxed',
+      batchWrites: options.batchWrites,
     });
     const database = openDatabase(options);
     this.database = database;

@@ -15,6 +15,7 @@ import { checkout } from './checkout.js';
 import type { SessionDatabase } from './router.js';
 import type { SessionsDatabase } from './schema.js';
 import { endsConnection } from './sqlstate.js';
+import { type BatchTicket, batcherFor, WriteBatcher, type WriteReply } from './write-batch.js';
 
 /**
  * Builds queries without executing them. Statements are compiled with Kysely and
@@ -62,6 +63,11 @@ export interface WriteOptions {
    * had committed, and they are the answer (see {@link FailoverRunner}).
    */
   readonly appliedCheck?: Statement<unknown>;
+  /**
+   * The write may share a transaction with other writes of the same key that are
+   * waiting (see {@link WriteBatcher}); only for a `scoped` write returning its own rows.
+   */
+  readonly batch?: BatchTicket;
 }
 
 /** Runs statements for one tenant: on a pool (one round trip each) or in a transaction. */
@@ -169,13 +175,45 @@ export class PoolRunner implements StatementRunner {
    * The row after the COMMIT proves the commit, so an error that follows it (the
    * deferred notification's own commit failing) leaves the write acknowledged.
    */
-  async write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
+  write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
+    const statement = inlineParameters(compile(query));
+    const { batch } = options;
+    if (batch && options.scoped) {
+      const pool = this.database.writer();
+      const batcher = batcherFor(pool, () => this.#batcher(pool.options.max ?? 10));
+      const notify = options.notifyAfterCommit === true;
+      return batcher.write(statement, batch, notify) as Promise<StatementResult<Row>>;
+    }
+    return this.#commit(statement, options) as Promise<StatementResult<Row>>;
+  }
+
+  /** Batches on this pool: half its connections at most, the rest for reads and other writes. */
+  #batcher(poolSize: number): WriteBatcher {
+    const limit = Math.max(1, Math.floor(poolSize / 2));
+    return new WriteBatcher(
+      {
+        send: (statement, notify) =>
+          this.#commit(statement, { actor: READER, scoped: true, notifyAfterCommit: notify }),
+        endsConnection: (error) => endsConnection(error),
+      },
+      limit,
+    );
+  }
+
+  /**
+   * The row after the COMMIT proves the commit, so an error that follows it (the
+   * deferred notification's own commit failing) leaves the write acknowledged.
+   */
+  async #commit(
+    statement: string,
+    options: Pick<WriteOptions, 'actor' | 'scoped' | 'notifyAfterCommit'>,
+  ): Promise<WriteReply> {
     const settings = options.scoped ? '' : `${settingsStatement(this.tenant, options.actor)}; `;
     const lsn = this.replicas ? ', pg_current_wal_lsn()::text AS lsn' : '';
     // The marker row proves the commit; the flush comes after it, so that its failure
     // cannot make a committed write look failed.
     const flush = options.notifyAfterCommit ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
-    const text = `BEGIN; ${settings}${inlineParameters(compile(query))}; COMMIT; SELECT true AS committed${lsn}${flush}`;
+    const text = `BEGIN; ${settings}${statement}; COMMIT; SELECT true AS committed${lsn}${flush}`;
     const client = await checkout(this.database.writer());
     this.metrics.roundTrip();
     let reply: CommitReply;
@@ -207,7 +245,7 @@ export class PoolRunner implements StatementRunner {
     }
     // Row sets: the settings' (unless scoped), the statement's rows when it returned any, the marker's.
     const statementRows = rowSets.indexOf(committed.rows) - 1;
-    const rows = (statementRows >= (options.scoped ? 0 : 1) ? rowSets[statementRows] : []) as Row[];
+    const rows = statementRows >= (options.scoped ? 0 : 1) ? rowSets[statementRows]! : [];
     return { rows, fence: committed.row.lsn as string | undefined };
   }
 }

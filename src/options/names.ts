@@ -20,6 +20,7 @@ const KNOWN_OPTIONS: readonly string[] = Object.keys({
   maxSessionsPerUser: true,
   saveUninitialized: true,
   durability: true,
+  batchWrites: true,
   cookie: true,
   bearer: true,
   actor: true,

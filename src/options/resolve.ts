@@ -68,6 +68,7 @@ export function resolveOptions(given: SessionOptions = {}): ResolvedOptions {
     maxSessionsPerUser,
     saveUninitialized: options.saveUninitialized ?? false,
     durability: durability(options.durability),
+    batchWrites: options.batchWrites ?? true,
     cookie: Object.freeze({
       name: cookieName,
       path: cookie.path ?? '/',

@@ -124,6 +124,16 @@ export interface SessionOptions {
    * mode), which commits the application's own writes too. @default 'durable'
    */
   durability?: Durability;
+  /**
+   * Group commit in the app: the saves and creations that queue while the pool is busy
+   * with earlier ones go to the database together, as one statement in one transaction
+   * (one round trip, one commit; each write still sees the ones before it, and locks its
+   * row in session-id order). A write that fails in a batch is retried alone, so one
+   * bad write never fails another. Revocations, deletes, lock mode and request
+   * transactions never batch. `false` sends every write in its own transaction.
+   * @default true
+   */
+  batchWrites?: boolean;
   cookie?: CookieOptions;
   /** Also accept `Authorization: Bearer <token>` (API and mobile clients). @default false */
   bearer?: boolean;
@@ -224,6 +234,7 @@ export interface ResolvedOptions {
   readonly maxSessionsPerUser: number | undefined;
   readonly saveUninitialized: boolean;
   readonly durability: Durability;
+  readonly batchWrites: boolean;
   readonly cookie: ResolvedCookieOptions;
   readonly bearer: boolean;
   readonly actor: (ctx: Context, userId: string | null) => string;

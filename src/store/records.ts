@@ -92,6 +92,8 @@ export interface ExpiryPolicy {
   readonly rotationGraceMs: number;
   /** `durability: 'relaxed'`: data writes and anonymous creations commit asynchronously. */
   readonly relaxed?: boolean;
+  /** `batchWrites`: a save or creation may share a transaction with others waiting. */
+  readonly batchWrites?: boolean;
 }
 
 export interface SessionRow {

@@ -150,6 +150,15 @@ export class SessionStore {
       {
         actor: input.actor,
         scoped: true,
+        // New rows lock nothing another write waits for: any order will do.
+        ...(policy.batchWrites
+          ? {
+              batch: {
+                key: relaxed && input.userId === null ? 'create relaxed' : 'create',
+                order: '',
+              },
+            }
+          : {}),
         appliedCheck: CompiledQuery.raw(CREATED, [tenantId, input.tokenHash]),
       },
     );
@@ -208,6 +217,15 @@ export class SessionStore {
         actor: delta.actor,
         scoped: true,
         notifyAfterCommit: true,
+        // Rotations and bindings commit durably whatever the policy: never beside a relaxed write.
+        ...(policy.batchWrites
+          ? {
+              batch: {
+                key: policy.relaxed && newTokenHash === null && !binds ? 'save relaxed' : 'save',
+                order: loaded.id,
+              },
+            }
+          : {}),
         appliedCheck: CompiledQuery.raw(SAVED, [
           tenantId,
           loaded.id,
