@@ -64,6 +64,10 @@ async function startSessions(database: string | ReplicaRouter): Promise<SessionM
     durability: variant === 'pg-sessions-relaxed' ? 'relaxed' : 'durable',
     // Nothing expires during a run; a collector waking up mid-cell would only add noise.
     gc: false,
+    // A probe's extra options (`npm run bench -- --options '{"batchWrites":false}'`).
+    ...(process.env.BENCH_PG_OPTIONS
+      ? (JSON.parse(process.env.BENCH_PG_OPTIONS) as Record<string, unknown>)
+      : {}),
   });
   await started.start();
   return started;

@@ -14,6 +14,7 @@
 // --samples <n> notification samples (300), --rounds <n> rounds of every HTTP cell (2;
 // the write ceiling runs 3 rounds of its three cells), --cpu-prof (CPU profiles of the HTTP app
 // processes, written to a temporary folder; such a run does not update RESULTS.md),
+// --options '<json>' adds options to every pg-sessions app (a probe, never recorded);
 // --variants <name,…> and --mixes <name,…> (a narrowed HTTP run without the write ceiling,
 // for a bisect or a profile; not recorded either).
 // PostgreSQL: PG_TEST_URL uses that server for http and notify; PG_TEST_BACKEND=testcontainers
@@ -70,6 +71,8 @@ const { values: args } = parseArgs({
     rounds: { type: 'string' },
     variants: { type: 'string' },
     mixes: { type: 'string' },
+    // Extra options for every pg-sessions app (JSON): a probe, never recorded.
+    options: { type: 'string' },
     'cpu-prof': { type: 'boolean', default: false },
   },
 });
@@ -98,7 +101,12 @@ function subset<T extends string>(name: string, value: string | undefined, all: 
 
 const parts: readonly Part[] = subset('only', args.only, PARTS);
 /** A run narrowed to some variants or mixes is a probe (a bisect, a profile): never recorded. */
-const narrowed = args.variants !== undefined || args.mixes !== undefined;
+const narrowed =
+  args.variants !== undefined || args.mixes !== undefined || args.options !== undefined;
+if (args.options !== undefined) {
+  JSON.parse(args.options); // refuse a typo before any server starts
+  process.env.BENCH_PG_OPTIONS = args.options;
+}
 const profileDir = args['cpu-prof'] ? mkdtempSync(join(tmpdir(), 'pg-sessions-bench-')) : undefined;
 /** The smoke run sends a fixed, small number of requests per cell instead of a duration. */
 const smokeRequests = 120;
