@@ -301,6 +301,31 @@ ALTER FUNCTION sessions.gc_batch(integer) OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.gc_batch(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.gc_batch(integer) TO sessions_app;
 
+CREATE OR REPLACE FUNCTION sessions.lock_session(tenant text, presented_hash bytea, lock_class integer, touch_interval interval, rotate_interval interval, restore_statement_timeout boolean)
+ RETURNS TABLE(id uuid, tenant_id text, token_hash bytea, user_id text, data jsonb, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean, ended text, revoked_reason text, ended_at timestamp with time zone, in_grace boolean)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+BEGIN
+  PERFORM pg_advisory_xact_lock(lock_class, hashtext(found.id::text))
+     FROM (SELECT s.id FROM sessions.session AS s
+            WHERE s.tenant_id = tenant AND s.token_hash = presented_hash
+           UNION ALL
+           SELECT p.session_id FROM sessions.previous_token AS p
+            WHERE p.tenant_id = tenant AND p.token_hash = presented_hash
+           LIMIT 1) AS found;
+  IF restore_statement_timeout THEN
+    PERFORM set_config('statement_timeout', current_setting('sessions.statement_timeout'), true);
+  END IF;
+  RETURN QUERY
+    SELECT * FROM sessions.lookup_session(tenant, presented_hash, touch_interval, rotate_interval);
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean) TO sessions_app;
+
 CREATE OR REPLACE FUNCTION sessions.log_delete()
  RETURNS trigger
  LANGUAGE plpgsql

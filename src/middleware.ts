@@ -254,16 +254,12 @@ async function inRequestTransaction(
 function requestSettings(request: RequestSession, locking: boolean): string {
   const { lockTimeout, statementTimeout } = request.services.options;
   const literal = (value: string) => pg.escapeLiteral(value);
-  const settings = [
-    `${settingsStatement(request.tenantId, request.actor())}, set_config('lock_timeout', ${literal(`${lockTimeout}ms`)}, true)`,
-  ];
-  if (locking) {
-    settings.push(
-      "SELECT set_config('sessions.statement_timeout', current_setting('statement_timeout'), true)",
-      `SELECT set_config('statement_timeout', ${literal(`${lockTimeout + statementTimeout}ms`)}, true)`,
-    );
-  }
-  return settings.join('; ');
+  // One statement: its targets are evaluated in order, so the saved statement_timeout
+  // is the one before the lock wait's; the new one applies from the next statement on.
+  const lockWait = locking
+    ? `, set_config('sessions.statement_timeout', current_setting('statement_timeout'), true), set_config('statement_timeout', ${literal(`${lockTimeout + statementTimeout}ms`)}, true)`
+    : '';
+  return `${settingsStatement(request.tenantId, request.actor())}, set_config('lock_timeout', ${literal(`${lockTimeout}ms`)}, true)${lockWait}`;
 }
 
 /** Awaits `work`, translating database errors into typed session errors. */

@@ -12,6 +12,7 @@ import type { SessionMetrics } from '../metrics.js';
 import { checkout } from './checkout.js';
 import type { SessionDatabase } from './router.js';
 import {
+  DEFERS_NOTIFICATIONS,
   NOTIFY_DEFERRED,
   NOTIFY_FAILED_IN_SQL,
   reportNotifyFailure,
@@ -76,6 +77,8 @@ class RequestConnection implements DatabaseConnection {
   #pendingBegin: string | undefined;
   /** Why the client must not go back to the pool (it broke mid-transaction). */
   #broken: Error | undefined;
+  /** A statement deferred notifications to the commit (the middleware's session writes). */
+  #defers = false;
 
   constructor(private readonly client: pg.PoolClient) {}
 
@@ -84,6 +87,9 @@ class RequestConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    if ((compiledQuery as { [DEFERS_NOTIFICATIONS]?: boolean })[DEFERS_NOTIFICATIONS]) {
+      this.#defers = true;
+    }
     let text = compiledQuery.sql;
     const values = [...compiledQuery.parameters];
     const begin = this.#pendingBegin;
@@ -118,9 +124,12 @@ class RequestConnection implements DatabaseConnection {
     }
     let reply: Awaited<ReturnType<typeof sendThroughCommit>>;
     try {
+      // A transaction whose session writes deferred nothing (a read in lock mode, the
+      // application's own writes) has no notification to send: no statement for it.
+      const notify = this.#defers ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
       reply = await sendThroughCommit(
         this.client,
-        `COMMIT; SELECT true AS committed; SELECT ${NOTIFY_DEFERRED} AS notified`,
+        `COMMIT; SELECT true AS committed${notify}`,
         'committed',
       );
     } catch (error) {

@@ -93,6 +93,12 @@ export interface StatementRunner {
  */
 export const NOTIFY_DEFERRED = 'sessions.notify_deferred()';
 
+/**
+ * Marks a statement sent in a request transaction whose notifications wait for the
+ * commit (`notifyAfterCommit`): only then does the commit run `notify_deferred()`.
+ */
+export const DEFERS_NOTIFICATIONS = Symbol('pg-sessions: defers its notifications');
+
 /** What notify_deferred() said when it caught an error itself (it warned the server log too). */
 export const NOTIFY_FAILED_IN_SQL =
   'sessions.notify_deferred() could not send the deferred notifications (see the server log)';
@@ -345,7 +351,7 @@ export class TransactionRunner implements StatementRunner {
     const actor = options.scoped
       ? undefined
       : `SELECT set_config('sessions.actor', ${pg.escapeLiteral(options.actor)}, true)`;
-    return this.#run(compile(query), actor);
+    return this.#run(compile(query), actor, options.notifyAfterCommit === true);
   }
 
   readPrimary<Row>(query: Statement<Row>): Promise<StatementResult<Row>> {
@@ -356,6 +362,7 @@ export class TransactionRunner implements StatementRunner {
   async #run<Row>(
     compiled: CompiledQuery<Row>,
     before: string | undefined,
+    defers = false,
   ): Promise<StatementResult<Row>> {
     this.metrics.roundTrip();
     const leading = [this.#prelude, before].filter((text) => text !== undefined);
@@ -369,7 +376,10 @@ export class TransactionRunner implements StatementRunner {
               compiled.parameters.length > 0 ? inlineParameters(compiled) : compiled.sql,
             ].join('; '),
           );
-    const result = await this.transaction.executeQuery(statement);
+    // The driver's commit then sends the deferred notifications (none to send otherwise).
+    const result = await this.transaction.executeQuery(
+      defers ? ({ ...statement, [DEFERS_NOTIFICATIONS]: true } as CompiledQuery<Row>) : statement,
+    );
     return { rows: result.rows as Row[] };
   }
 }

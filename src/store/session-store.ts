@@ -90,29 +90,28 @@ export class SessionStore {
    * or undefined. `forUpdate` takes the session's advisory lock first (lock mode).
    */
   async lookup(tokenHash: Buffer, options: LookupOptions = {}): Promise<PresentedRow> {
-    const row = await this.#lookupRow(tokenHash, options, LOOKUP);
+    const row = await this.#lookupRow(tokenHash, options, false);
     return row ? toPresentedRow(row) : undefined;
   }
 
   /** The live session this token reaches, or undefined (the same statement, live rows only). */
   async load(tokenHash: Buffer, options: LookupOptions = {}): Promise<SessionRecord | undefined> {
-    const row = await this.#lookupRow(tokenHash, options, LOOKUP_LIVE);
+    const row = await this.#lookupRow(tokenHash, options, true);
     return row ? (toPresentedRow(row)?.live ?? undefined) : undefined;
   }
 
   async #lookupRow(
     tokenHash: Buffer,
     options: LookupOptions,
-    text: string,
+    live: boolean,
   ): Promise<PresentedSessionRow | undefined> {
-    const lookup = CompiledQuery.raw(text, [
-      this.tenantId,
-      tokenHash,
-      ...intervalsOf(this.policy).lookup,
-    ]);
+    const parameters = [this.tenantId, tokenHash, ...intervalsOf(this.policy).lookup];
     const query = options.forUpdate
-      ? lockedLookup(this.tenantId, tokenHash, lookup, options.restoreStatementTimeout === true)
-      : lookup;
+      ? CompiledQuery.raw(lockedLookup(live), [
+          ...parameters,
+          options.restoreStatementTimeout === true,
+        ])
+      : CompiledQuery.raw(live ? LOOKUP_LIVE : LOOKUP, parameters);
     const { runner } = this;
     const { rows, fromReplica } = await runner.read<PresentedSessionRow>(query, {
       fence: options.fence,

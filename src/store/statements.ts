@@ -1,9 +1,9 @@
 // The request path's statements: fixed text for the functions of migrations 5 and 6
 // (planned once per connection, never rebuilt per request), the lock-mode lookup, and
 // the liveness rule every other statement shares.
-import { CompiledQuery, sql } from 'kysely';
-import { queryBuilder as db, inlineParameters } from '../db/runner.js';
-import type { ExpiryPolicy, PresentedSessionRow, RequestOrigin } from './records.js';
+import { sql } from 'kysely';
+import { queryBuilder as db } from '../db/runner.js';
+import type { ExpiryPolicy, RequestOrigin } from './records.js';
 
 /**
  * The first key of the sessions' advisory locks ('pgsl'); the second is the hash of the
@@ -56,49 +56,12 @@ export const SAVED = `SELECT token_hash, user_id, data, version,
    AND (NOT $7 OR user_id IS NOT DISTINCT FROM $8)`;
 
 /**
- * Lock mode: a transaction-scoped advisory lock keyed by the session, then the lookup
- * as a second statement of the same message: its snapshot is taken after the lock was
- * granted, so it sees what the previous holder committed. An advisory lock takes no
- * transaction id and writes no WAL, so a lock-mode request that writes nothing commits
- * without a WAL flush. A rotation that commits while this waits moves the presented
- * token to previous_token: the lookup still finds the session there.
+ * Lock mode's load (`sessions.lock_session()`, migration 7): the session's
+ * transaction-scoped advisory lock, then the lookup with a snapshot taken after the lock
+ * was granted, in one statement; `live` keeps live rows only, as {@link LOOKUP_LIVE}.
  */
-export function lockedLookup(
-  tenantId: string,
-  tokenHash: Buffer,
-  lookup: CompiledQuery<unknown>,
-  restoreStatementTimeout: boolean,
-): CompiledQuery<PresentedSessionRow> {
-  const sessionId = db
-    .selectFrom('sessions.session')
-    .select('id')
-    .where('tenant_id', '=', tenantId)
-    .where('token_hash', '=', tokenHash)
-    .unionAll(
-      db
-        .selectFrom('sessions.previous_token')
-        .select('session_id as id')
-        .where('tenant_id', '=', tenantId)
-        .where('token_hash', '=', tokenHash),
-    )
-    .limit(1);
-  const lock = db
-    .selectFrom(sessionId.as('found'))
-    .select(
-      sql<string>`pg_advisory_xact_lock(${SESSION_LOCK_CLASS}, hashtext(found.id::text))`.as(
-        'locked',
-      ),
-    );
-  // The lock wait ran with lockTimeout + statementTimeout (the middleware's settings);
-  // the statements after it get the statement_timeout saved before.
-  const restore = restoreStatementTimeout
-    ? [
-        "SELECT set_config('statement_timeout', current_setting('sessions.statement_timeout'), true)",
-      ]
-    : [];
-  return CompiledQuery.raw(
-    [inlineParameters(lock.compile()), ...restore, inlineParameters(lookup)].join('; '),
-  );
+export function lockedLookup(live: boolean): string {
+  return `SELECT * FROM sessions.lock_session($1, $2, ${SESSION_LOCK_CLASS}, $3::interval, $4::interval, $5)${live ? ' WHERE ended IS NULL' : ''} LIMIT 1`;
 }
 
 /** Strict mode's expectations as save_session reads them: `{"key": [json]}`, `[]` for absent. */
