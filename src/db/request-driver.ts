@@ -10,14 +10,14 @@ import type pg from 'pg';
 import type { Logger } from '../logger.js';
 import type { SessionMetrics } from '../metrics.js';
 import { checkout } from './checkout.js';
-import type { SessionDatabase } from './router.js';
 import {
-  DEFERS_NOTIFICATIONS,
   NOTIFY_DEFERRED,
   NOTIFY_FAILED_IN_SQL,
   reportNotifyFailure,
   sendThroughCommit,
-} from './runner.js';
+} from './commit-message.js';
+import type { SessionDatabase } from './router.js';
+import { DEFERS_NOTIFICATIONS } from './runner.js';
 import { endsConnection } from './sqlstate.js';
 
 /**

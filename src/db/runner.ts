@@ -12,10 +12,11 @@ import pg from 'pg';
 import type { Logger } from '../logger.js';
 import type { SessionMetrics } from '../metrics.js';
 import { checkout } from './checkout.js';
+import { CommitSender } from './commit-message.js';
 import type { SessionDatabase } from './router.js';
 import type { SessionsDatabase } from './schema.js';
 import { endsConnection } from './sqlstate.js';
-import { type BatchTicket, batcherFor, WriteBatcher, type WriteReply } from './write-batch.js';
+import { type BatchTicket, batcherFor, WriteBatcher } from './write-batch.js';
 
 /**
  * Builds queries without executing them. Statements are compiled with Kysely and
@@ -86,31 +87,10 @@ export interface StatementRunner {
 }
 
 /**
- * The statement that sends a transaction's deferred notifications. It follows the
- * COMMIT in the same simple-protocol message, so the server has it even if the client
- * dies right after sending, and PgBouncer (transaction pooling) keeps both on one
- * server connection: ReadyForQuery comes once, at the end of the message.
- */
-export const NOTIFY_DEFERRED = 'sessions.notify_deferred()';
-
-/**
  * Marks a statement sent in a request transaction whose notifications wait for the
  * commit (`notifyAfterCommit`): only then does the commit run `notify_deferred()`.
  */
 export const DEFERS_NOTIFICATIONS = Symbol('pg-sessions: defers its notifications');
-
-/** What notify_deferred() said when it caught an error itself (it warned the server log too). */
-export const NOTIFY_FAILED_IN_SQL =
-  'sessions.notify_deferred() could not send the deferred notifications (see the server log)';
-
-/**
- * A write committed but its deferred notification failed: the write stands (it is
- * acknowledged); other nodes may serve their cached copy until it is evicted otherwise.
- */
-export function reportNotifyFailure(metrics: SessionMetrics, logger: Logger, error: unknown): void {
-  metrics.increment('notifyFailures');
-  logger.warn({ err: error }, 'pg-sessions: session write committed, change notification failed');
-}
 
 /** `SELECT set_config(...)` for the tenant and the actor, transaction-local: built here only. */
 export function settingsStatement(tenant: string, actor: string): string {
@@ -131,6 +111,9 @@ function compile<Row>(query: Statement<Row>): CompiledQuery<Row> {
  *   read:  SELECT set_config(tenant), set_config(actor); <statement>
  *   write: BEGIN; [settings;] <statement>; COMMIT; SELECT true[, lsn][; SELECT notify_deferred()]
  *
+ * A write's message is sent by commit-message.ts; a batched one (`batch`) first waits in
+ * write-batch.ts for the writes it goes with.
+ *
  * A simple query runs its statements in one transaction, so row-level security sees
  * the tenant, and nothing leaks to the next user of the pooled connection.
  */
@@ -139,10 +122,14 @@ export class PoolRunner implements StatementRunner {
     private readonly database: SessionDatabase,
     private readonly tenant: string,
     private readonly metrics: SessionMetrics,
-    private readonly logger: Logger,
+    logger: Logger,
     /** Reads may go to replicas: writes then return the commit's LSN as the client's fence. */
-    private readonly replicas: boolean,
-  ) {}
+    replicas: boolean,
+  ) {
+    this.#sender = new CommitSender(database, metrics, logger, replicas);
+  }
+
+  readonly #sender: CommitSender;
 
   read<Row>(query: Statement<Row>, options: ReadOptions = {}): Promise<StatementResult<Row>> {
     return this.#readOn(this.database.reader(options.fence), query);
@@ -177,144 +164,19 @@ export class PoolRunner implements StatementRunner {
     };
   }
 
-  /**
-   * The row after the COMMIT proves the commit, so an error that follows it (the
-   * deferred notification's own commit failing) leaves the write acknowledged.
-   */
   write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
     const statement = inlineParameters(compile(query));
-    const { batch } = options;
-    if (batch && options.scoped) {
+    const notify = options.notifyAfterCommit === true;
+    if (options.batch && options.scoped) {
       const pool = this.database.writer();
-      const batcher = batcherFor(pool, () => this.#batcher(pool.options.max ?? 10));
-      const notify = options.notifyAfterCommit === true;
-      return batcher.write(statement, batch, notify) as Promise<StatementResult<Row>>;
+      // Half the pool's connections at most carry batches: the rest serve loads and other writes.
+      const limit = Math.max(1, Math.floor((pool.options.max ?? 10) / 2));
+      const batcher = batcherFor(pool, () => new WriteBatcher(this.#sender, limit));
+      return batcher.write(statement, options.batch, notify) as Promise<StatementResult<Row>>;
     }
-    return this.#commit(statement, options) as Promise<StatementResult<Row>>;
+    const settings = options.scoped ? undefined : settingsStatement(this.tenant, options.actor);
+    return this.#sender.send(statement, notify, settings) as Promise<StatementResult<Row>>;
   }
-
-  /** Batches on this pool: half its connections at most, the rest for reads and other writes. */
-  #batcher(poolSize: number): WriteBatcher {
-    const limit = Math.max(1, Math.floor(poolSize / 2));
-    return new WriteBatcher(
-      {
-        send: (statement, notify) =>
-          this.#commit(statement, { actor: READER, scoped: true, notifyAfterCommit: notify }),
-        endsConnection: (error) => endsConnection(error),
-      },
-      limit,
-    );
-  }
-
-  /**
-   * The row after the COMMIT proves the commit, so an error that follows it (the
-   * deferred notification's own commit failing) leaves the write acknowledged.
-   */
-  async #commit(
-    statement: string,
-    options: Pick<WriteOptions, 'actor' | 'scoped' | 'notifyAfterCommit'>,
-  ): Promise<WriteReply> {
-    const settings = options.scoped ? '' : `${settingsStatement(this.tenant, options.actor)}; `;
-    const lsn = this.replicas ? ', pg_current_wal_lsn()::text AS lsn' : '';
-    // The marker row proves the commit; the flush comes after it, so that its failure
-    // cannot make a committed write look failed.
-    const flush = options.notifyAfterCommit ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
-    const text = `BEGIN; ${settings}${statement}; COMMIT; SELECT true AS committed${lsn}${flush}`;
-    const client = await checkout(this.database.writer());
-    this.metrics.roundTrip();
-    let reply: CommitReply;
-    try {
-      reply = await sendThroughCommit(client, text, 'committed');
-    } catch (error) {
-      // A failed statement leaves an explicit transaction open and aborted: end it
-      // before the connection goes back to the pool, or drop the connection.
-      let broken = endsConnection(error) ? (error as Error) : undefined;
-      if (!broken) {
-        broken = await client.query('ROLLBACK').then(
-          () => undefined,
-          (rollbackError: Error) => rollbackError,
-        );
-      }
-      client.release(broken);
-      throw error;
-    }
-    const { rowSets, committed, afterCommitError } = reply;
-    client.release(
-      afterCommitError !== undefined && endsConnection(afterCommitError)
-        ? (afterCommitError as Error)
-        : undefined,
-    );
-    if (afterCommitError !== undefined) {
-      reportNotifyFailure(this.metrics, this.logger, afterCommitError);
-    } else if (rowSets.at(-1)?.[0]?.notified === false) {
-      reportNotifyFailure(this.metrics, this.logger, new Error(NOTIFY_FAILED_IN_SQL));
-    }
-    // Row sets: the settings' (unless scoped), the statement's rows when it returned any, the marker's.
-    const statementRows = rowSets.indexOf(committed.rows) - 1;
-    const rows = statementRows >= (options.scoped ? 0 : 1) ? rowSets[statementRows]! : [];
-    return { rows, fence: committed.row.lsn as string | undefined };
-  }
-}
-
-/** The rows of a message that runs through a COMMIT, collected as they arrive. */
-export interface CommitReply {
-  /** Rows of each statement that returned any, in order. */
-  readonly rowSets: readonly Record<string, unknown>[][];
-  /**
-   * The first row that has the marker column, and its statement's rows: it comes from a
-   * statement after the COMMIT (give it a statement of its own, before anything that can
-   * fail: an error is raised before the failing statement's first row).
-   */
-  readonly committed: {
-    readonly row: Record<string, unknown>;
-    readonly rows: Record<string, unknown>[];
-  };
-  /** An error after that row: the transaction committed, what followed did not. */
-  readonly afterCommitError?: unknown;
-  /** The command tags of the statements (known only when no error came). */
-  readonly commands: readonly string[];
-}
-
-/**
- * Sends a simple-protocol message that commits and then runs a statement returning a
- * row with column `marker`. That row is sent only once the COMMIT succeeded, so: an
- * error before it rejects (nothing committed); an error after it resolves with
- * `afterCommitError` (committed, the rest failed). node-postgres hands a failed
- * message's earlier results to nobody, so the rows are read off its 'row' events.
- */
-export function sendThroughCommit(
-  client: pg.ClientBase,
-  text: string,
-  marker: string,
-): Promise<CommitReply> {
-  return new Promise((resolve, reject) => {
-    const rowSets: Record<string, unknown>[][] = [];
-    let current: unknown;
-    let committed: CommitReply['committed'] | undefined;
-    // node-postgres calls back with `null` for no error.
-    const query = new pg.Query(text, (error: Error | null | undefined, results: unknown) => {
-      if (!error) {
-        const list = (Array.isArray(results) ? results : [results]) as pg.QueryResult[];
-        const commands = list.map((result) => result.command);
-        if (committed) resolve({ rowSets, committed, commands });
-        else reject(new Error(`the message returned no "${marker}" row: ${commands.join(', ')}`));
-      } else if (committed) {
-        resolve({ rowSets, committed, afterCommitError: error, commands: [] });
-      } else {
-        reject(error);
-      }
-    });
-    query.on('row', (row: Record<string, unknown>, result?: unknown) => {
-      if (result !== current || rowSets.length === 0) {
-        current = result;
-        rowSets.push([]);
-      }
-      const rows = rowSets.at(-1)!;
-      rows.push(row);
-      if (committed === undefined && marker in row) committed = { row, rows };
-    });
-    client.query(query);
-  });
 }
 
 /**
