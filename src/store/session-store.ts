@@ -15,6 +15,7 @@ import {
   toPresentedRow,
 } from './records.js';
 import {
+  batchTicket,
   CREATE,
   CREATED,
   expectationsJson,
@@ -149,15 +150,7 @@ export class SessionStore {
       {
         actor: input.actor,
         scoped: true,
-        // New rows lock nothing another write waits for: any order will do.
-        ...(policy.batchWrites
-          ? {
-              batch: {
-                key: relaxed && input.userId === null ? 'create relaxed' : 'create',
-                order: '',
-              },
-            }
-          : {}),
+        batch: batchTicket(policy, 'create', '', relaxed && input.userId === null),
         appliedCheck: CompiledQuery.raw(CREATED, [tenantId, input.tokenHash]),
       },
     );
@@ -216,15 +209,8 @@ export class SessionStore {
         actor: delta.actor,
         scoped: true,
         notifyAfterCommit: true,
-        // Rotations and bindings commit durably whatever the policy: never beside a relaxed write.
-        ...(policy.batchWrites
-          ? {
-              batch: {
-                key: policy.relaxed && newTokenHash === null && !binds ? 'save relaxed' : 'save',
-                order: loaded.id,
-              },
-            }
-          : {}),
+        // Rotations and bindings commit durably whatever the policy.
+        batch: batchTicket(policy, 'save', loaded.id, newTokenHash === null && !binds),
         appliedCheck: CompiledQuery.raw(SAVED, [
           tenantId,
           loaded.id,

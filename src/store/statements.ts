@@ -1,8 +1,9 @@
-// The request path's statements: fixed text for the functions of migrations 5 and 6
+// The request path's statements: fixed text for the functions of migrations 5 to 7
 // (planned once per connection, never rebuilt per request), the lock-mode lookup, and
-// the liveness rule every other statement shares.
+// the liveness rule every other statement shares, and which writes may share a batch.
 import { sql } from 'kysely';
 import { queryBuilder as db } from '../db/runner.js';
+import type { BatchTicket } from '../db/write-batch.js';
 import type { ExpiryPolicy, RequestOrigin } from './records.js';
 
 /**
@@ -129,4 +130,20 @@ export function reusedTokenRevocation(tenantId: string, tokenHash: Buffer, origi
     .whereRef('id', '=', 'reused.session_id')
     .where(live)
     .returning(['id', 'token_hash', 'user_id']);
+}
+
+/**
+ * The batch a write of `kind` may join (`batchWrites`), or none. Writes that commit
+ * relaxed (`mayRelax` and the policy's `durability: 'relaxed'`) never share a
+ * transaction with durable ones. `order`: the row it locks; a new row locks nothing
+ * another write waits for, so any order will do.
+ */
+export function batchTicket(
+  policy: ExpiryPolicy,
+  kind: 'create' | 'save',
+  order: string,
+  mayRelax: boolean,
+): BatchTicket | undefined {
+  if (!policy.batchWrites) return undefined;
+  return { key: policy.relaxed && mayRelax ? `${kind} relaxed` : kind, order };
 }
