@@ -30,7 +30,7 @@ CREATE TABLE sessions.event (
     rotation_ip inet,
     rotation_user_agent text,
     CONSTRAINT event_pkey PRIMARY KEY (tenant_id, id),
-    CONSTRAINT event_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text, 'token_reused'::text])))
+    CONSTRAINT event_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text, 'token_reused'::text, 'reauthenticated'::text])))
 );
 CREATE INDEX event_day_brin ON sessions.event USING brin ((((occurred_at AT TIME ZONE 'UTC'::text))::date));
 CREATE INDEX event_occurred_at_brin ON sessions.event USING brin (occurred_at);
@@ -99,6 +99,7 @@ CREATE TABLE sessions.session (
     ip inet,
     user_agent text,
     token_issued_at timestamp with time zone DEFAULT now() NOT NULL,
+    authenticated_at timestamp with time zone,
     CONSTRAINT session_pkey PRIMARY KEY (tenant_id, id),
     CONSTRAINT session_token_hash_key UNIQUE (tenant_id, token_hash),
     CONSTRAINT session_data_check CHECK ((jsonb_typeof(data) = 'object'::text)),
@@ -117,8 +118,8 @@ CREATE POLICY auditor_reads_all ON sessions.session FOR SELECT TO sessions_audit
 CREATE POLICY tenant_isolation ON sessions.session USING ((tenant_id = current_setting('sessions.tenant'::text, true))) WITH CHECK ((tenant_id = current_setting('sessions.tenant'::text, true)));
 GRANT SELECT, UPDATE, DELETE ON TABLE sessions.session TO sessions_admin;
 GRANT SELECT, DELETE ON TABLE sessions.session TO sessions_app;
-GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent) ON TABLE sessions.session TO sessions_app;
-GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, token_issued_at) ON TABLE sessions.session TO sessions_app;
+GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent, authenticated_at) ON TABLE sessions.session TO sessions_app;
+GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, token_issued_at, authenticated_at) ON TABLE sessions.session TO sessions_app;
 GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen_at, idle_expires_at, absolute_expires_at, expires_at, revoked_at, revoked_reason, ip, user_agent, token_issued_at) ON TABLE sessions.session TO sessions_auditor;
 
 CREATE OR REPLACE FUNCTION sessions.altered_columns(old_row sessions.session, new_row sessions.session)
@@ -141,6 +142,21 @@ AS $function$
 $function$;
 REVOKE EXECUTE ON FUNCTION sessions.altered_columns(sessions.session,sessions.session) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.altered_columns(sessions.session,sessions.session) TO sessions_admin;
+
+CREATE OR REPLACE FUNCTION sessions.authenticated_within(session_id uuid, max_age interval)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+  SELECT coalesce(s.authenticated_at > now() - max_age, false)
+    FROM sessions.session AS s
+   WHERE s.tenant_id = current_setting('sessions.tenant', true) AND s.id = session_id
+     AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.authenticated_within(uuid,interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.authenticated_within(uuid,interval) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.authenticated_within(uuid,interval) TO sessions_app;
 
 CREATE OR REPLACE FUNCTION sessions.bump_version()
  RETURNS trigger
@@ -233,10 +249,11 @@ BEGIN
   END IF;
   RETURN QUERY
     INSERT INTO sessions.session AS s (tenant_id, token_hash, user_id, data, idle_expires_at,
-                                       absolute_expires_at, ip, user_agent)
+                                       absolute_expires_at, ip, user_agent, authenticated_at)
     VALUES (tenant, new_token_hash, new_user_id, new_data,
             now() + least(idle_timeout, absolute_timeout), now() + absolute_timeout,
-            client_ip, client_user_agent)
+            client_ip, client_user_agent,
+            CASE WHEN new_user_id IS NOT NULL THEN now() END)
     RETURNING s.id, s.version, (extract(epoch FROM s.created_at) * 1000)::float8,
               (extract(epoch FROM s.last_seen_at) * 1000)::float8, (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
               (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
@@ -621,6 +638,33 @@ $function$;
 ALTER FUNCTION sessions.prune_events(interval,integer) OWNER TO sessions_admin;
 REVOKE EXECUTE ON FUNCTION sessions.prune_events(interval,integer) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION sessions.reauthenticate(session_id uuid)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+  tenant text := nullif(current_setting('sessions.tenant', true), '');
+  bound_user text;
+BEGIN
+  UPDATE sessions.session AS s
+     SET authenticated_at = now()
+   WHERE s.tenant_id = tenant AND s.id = session_id AND s.user_id IS NOT NULL
+     AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
+  RETURNING s.user_id INTO bound_user;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, actor)
+  VALUES (tenant, session_id, bound_user, 'reauthenticated', sessions.current_actor());
+  RETURN true;
+END
+$function$;
+ALTER FUNCTION sessions.reauthenticate(uuid) OWNER TO sessions_admin;
+REVOKE EXECUTE ON FUNCTION sessions.reauthenticate(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.reauthenticate(uuid) TO sessions_app;
+
 CREATE OR REPLACE FUNCTION sessions.revoke_session(id uuid, reason text, tenant text DEFAULT NULL::text)
  RETURNS TABLE(tenant_id text, session_id uuid)
  LANGUAGE plpgsql
@@ -716,7 +760,8 @@ BEGIN
                                         least(now() + idle_timeout, s.absolute_expires_at)),
              token_hash = coalesce(rotate_to, s.token_hash),
              token_issued_at = CASE WHEN rotate_to IS NULL THEN s.token_issued_at ELSE now() END,
-             user_id = CASE WHEN bind_user THEN new_user_id ELSE s.user_id END
+             user_id = CASE WHEN bind_user THEN new_user_id ELSE s.user_id END,
+             authenticated_at = CASE WHEN bind_user THEN now() ELSE s.authenticated_at END
        WHERE s.tenant_id = tenant AND s.id = session_id
          AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
          AND (attempt = 2 OR coalesce(current_version, s.version) = loaded_version)

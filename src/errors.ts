@@ -104,6 +104,25 @@ export class SessionOptionsError extends SessionError {
   }
 }
 
+/**
+ * The route asks for a recent sign-in (`ctx.sessions.requireFresh()`, `requireFresh()`)
+ * and the session's user last proved who they are longer ago than `maxAge`, by the
+ * database's clock, or no user is signed in (401). Ask for the password (or a second
+ * factor) again, call `ctx.sessions.reauthenticated()`, and retry. Nothing is lost: the
+ * session and its data stay as they were.
+ */
+export class SessionReauthenticationRequiredError extends SessionError {
+  override readonly name = 'SessionReauthenticationRequiredError';
+  constructor(readonly maxAge: number) {
+    super(
+      `this action needs a sign-in within the last ${maxAge} ms: sign in again`,
+      'SESSION_REAUTHENTICATION_REQUIRED',
+      401,
+      true,
+    );
+  }
+}
+
 /** A session API was used in a state where it cannot work (no session yet, destroyed). */
 export class SessionStateError extends SessionError {
   override readonly name = 'SessionStateError';

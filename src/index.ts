@@ -24,6 +24,7 @@ export {
   SessionError,
   SessionLockTimeoutError,
   SessionOptionsError,
+  SessionReauthenticationRequiredError,
   SessionSchemaError,
   SessionStateError,
   SessionStoreUnavailableError,
@@ -45,5 +46,6 @@ export type {
 } from './options/types.js';
 export { type PrometheusRegistry, registerPrometheusMetrics } from './prometheus.js';
 export type { SessionControl } from './request/control.js';
+export { requireFresh } from './request/require-fresh.js';
 export type { Session } from './session.js';
 export type { DeviceSession, SessionEnd } from './store/records.js';

@@ -1,6 +1,7 @@
-import { SessionDataError } from '../errors.js';
+import { SessionDataError, SessionReauthenticationRequiredError } from '../errors.js';
 import { isStorableText } from '../serialize.js';
 import type { DeviceSession, SessionEnd } from '../store/records.js';
+import { authenticatedWithin, reauthenticate } from '../store/step-up.js';
 import type { RequestSession } from './request-session.js';
 
 /** A uuid, the only shape of a public session id: anything else names no session. */
@@ -87,6 +88,39 @@ export class SessionControl {
    */
   bindUser(userId: string | null, options: { regenerate?: boolean } = {}): void {
     this.#request.bindUser(userId, options.regenerate ?? true);
+  }
+
+  /**
+   * The user proved who they are again (their password, a second factor): the session's
+   * `authenticated_at` becomes now, by the database's clock, and a `reauthenticated`
+   * event is logged. Written at once, not at the end of the request. A rotation keeps
+   * the time; `bindUser()` sets it too. False when no user is signed in.
+   */
+  async reauthenticated(): Promise<boolean> {
+    const request = this.#request;
+    const id = request.record?.id;
+    if (id === undefined || request.destroyed || request.userId === null) return false;
+    return reauthenticate(request.store.runner, id, request.actor());
+  }
+
+  /**
+   * Throws {@link SessionReauthenticationRequiredError} (401) unless the signed-in user
+   * proved who they are within `maxAge` ms, by the database's clock: put it before an
+   * action that needs a recent sign-in ("sudo mode"), or use the `requireFresh()`
+   * middleware for a whole route.
+   */
+  async requireFresh(maxAge: number): Promise<void> {
+    if (!Number.isFinite(maxAge) || maxAge < 0) {
+      throw new SessionDataError('requireFresh() needs a maxAge in ms, 0 or more', 'maxAge');
+    }
+    const request = this.#request;
+    const id = request.record?.id;
+    const fresh =
+      id !== undefined &&
+      !request.destroyed &&
+      request.userId !== null &&
+      (await authenticatedWithin(request.store.runner, id, maxAge));
+    if (!fresh) throw new SessionReauthenticationRequiredError(maxAge);
   }
 
   /** The live sessions of a user (default: the current user), for a "your devices" page. */
