@@ -1,8 +1,14 @@
 import Koa from 'koa';
 import Router from 'koa-router';
-import { type SessionMiddleware, type SessionOptions, sessions } from '../src/index.js';
+import {
+  type SessionMiddleware,
+  type SessionOptions,
+  SessionReauthenticationRequiredError,
+  sessions,
+} from '../src/index.js';
 import { type Notice, notices, REVOKED_DEVICE, REVOKED_OTHERS } from './notices.js';
 import {
+  confirmIdentityPage,
   devicesPage,
   errorPage,
   FAVICON_SVG,
@@ -11,6 +17,9 @@ import {
   type Visitor,
 } from './pages.js';
 import { describeUserAgent, deviceTitle } from './user-agent.js';
+
+/** How recent a sign-in "Log out everywhere else" needs (step-up), ms. */
+export const STEP_UP_MAX_AGE = 5 * 60_000;
 
 /** How the demo itself is deployed (the session options are separate). */
 export interface DemoOptions {
@@ -86,6 +95,28 @@ export function createDemoApp(
   router.post('/devices/revoke-others', async (ctx) => {
     const user = ctx.sessions.userId;
     if (user) {
+      // Ending every other device needs a recent sign-in: else the name again (step-up).
+      const confirmed = (await form(ctx)).get('user')?.trim();
+      if (confirmed !== undefined) {
+        if (confirmed !== user) {
+          ctx.status = 400;
+          ctx.body = confirmIdentityPage(
+            visitor(ctx),
+            STEP_UP_MAX_AGE / 60_000,
+            'That is not the name you signed in with.',
+          );
+          return;
+        }
+        await ctx.sessions.reauthenticated();
+      }
+      try {
+        await ctx.sessions.requireFresh(STEP_UP_MAX_AGE);
+      } catch (error) {
+        if (!(error instanceof SessionReauthenticationRequiredError)) throw error;
+        ctx.status = 401;
+        ctx.body = confirmIdentityPage(visitor(ctx), STEP_UP_MAX_AGE / 60_000);
+        return;
+      }
       const count = await ctx.sessions.revokeUser(user, {
         exceptCurrent: true,
         reason: REVOKED_OTHERS,

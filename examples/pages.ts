@@ -109,6 +109,36 @@ export function signInForm(options: { returnTo?: string; error?: string; value?:
 </section>`;
 }
 
+/**
+ * "Log out everywhere else" after a sign-in older than the step-up window: the demo's
+ * proof of identity is the user name typed again (a real application asks for the
+ * password or a second factor).
+ */
+export function confirmIdentityPage(
+  visitor: Visitor,
+  maxAgeMinutes: number,
+  error?: string,
+): string {
+  return layout(
+    'Confirm it is you',
+    visitor,
+    `<section class="card" aria-labelledby="confirm">
+  <h2 id="confirm">Confirm it is you</h2>
+  <p>You signed in more than ${maxAgeMinutes} minutes ago. To log out everywhere else, enter your user name again.</p>
+  <form class="inline" method="post" action="/devices/revoke-others">
+    <div class="field"><label for="confirm-user">User name</label>
+      <input id="confirm-user" name="user" autocomplete="username" required maxlength="${MAX_USER_NAME}"${
+        error ? ' aria-invalid="true" aria-describedby="confirm-error"' : ''
+      }>
+      ${error ? `<p class="error" id="confirm-error">${escapeHtml(error)}</p>` : ''}
+    </div>
+    <button class="danger">Log out everywhere else</button>
+  </form>
+  <p><a href="/devices">Back to your devices</a></p>
+</section>`,
+  );
+}
+
 /** User names are whatever is typed, up to this length (long ones wrap on the page). */
 export const MAX_USER_NAME = 200;
 

@@ -127,6 +127,41 @@ test.serial('"log out everywhere else" ends every other session of the user', as
   t.regex((await browsers[2]!.get('/')).body as string, /chose “Log out everywhere else”/);
 });
 
+test.serial(
+  '"log out everywhere else" after an old sign-in asks for the name again first',
+  async (t) => {
+    const [laptop, phone] = [new Browser(baseUrl), new Browser(baseUrl)];
+    for (const browser of [laptop, phone]) await formPost(browser, '/login', { user: 'margaret' });
+    // The laptop signed in ten minutes ago, by the database's clock.
+    const laptopId = devicesOf((await laptop.get('/devices')).body as string).current!;
+    await admin.query(
+      `UPDATE sessions.session SET authenticated_at = now() - interval '10 minutes' WHERE id = $1`,
+      [laptopId],
+    );
+    const asked = await fetch(`${baseUrl}/devices/revoke-others`, {
+      method: 'POST',
+      headers: {
+        cookie: [...laptop.cookies].map(([name, value]) => `${name}=${value}`).join('; '),
+      },
+    });
+    t.is(asked.status, 401);
+    t.regex(await asked.text(), /Confirm it is you[\s\S]*more than 5 minutes ago/);
+    t.regex((await phone.get('/')).body as string, signedInAs('margaret'), 'nothing ended yet');
+
+    t.is(await formPost(laptop, '/devices/revoke-others', { user: 'someone else' }), 400);
+    t.regex((await phone.get('/')).body as string, signedInAs('margaret'));
+
+    t.is(await formPost(laptop, '/devices/revoke-others', { user: 'margaret' }), 302);
+    t.regex((await laptop.get('/devices')).body as string, /Signed out 1 other device\./);
+    t.regex((await phone.get('/')).body as string, /Not signed in/);
+    const { rows } = await admin.query(
+      `SELECT kind FROM sessions.event WHERE session_id = $1 AND kind = 'reauthenticated'`,
+      [laptopId],
+    );
+    t.is(rows.length, 1);
+  },
+);
+
 test.serial('signed out, the devices page lists nothing and offers the sign-in form', async (t) => {
   const page = (await new Browser(baseUrl).get('/devices')).body as string;
   t.regex(page, /Sign in to see the devices/);
