@@ -100,9 +100,11 @@ CREATE TABLE sessions.session (
     user_agent text,
     token_issued_at timestamp with time zone DEFAULT now() NOT NULL,
     authenticated_at timestamp with time zone,
+    device_name text,
     CONSTRAINT session_pkey PRIMARY KEY (tenant_id, id),
     CONSTRAINT session_token_hash_key UNIQUE (tenant_id, token_hash),
     CONSTRAINT session_data_check CHECK ((jsonb_typeof(data) = 'object'::text)),
+    CONSTRAINT session_device_name_length CHECK (((device_name IS NULL) OR ((char_length(device_name) >= 1) AND (char_length(device_name) <= 100)))),
     CONSTRAINT session_revocation_consistent CHECK (((revoked_at IS NULL) = (revoked_reason IS NULL))),
     CONSTRAINT session_tenant_id_check CHECK (((tenant_id <> ''::text) AND (length(tenant_id) <= 200))),
     CONSTRAINT session_token_hash_check CHECK ((octet_length(token_hash) = 32)),
@@ -119,7 +121,7 @@ CREATE POLICY tenant_isolation ON sessions.session USING ((tenant_id = current_s
 GRANT SELECT, UPDATE, DELETE ON TABLE sessions.session TO sessions_admin;
 GRANT SELECT, DELETE ON TABLE sessions.session TO sessions_app;
 GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent, authenticated_at) ON TABLE sessions.session TO sessions_app;
-GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, token_issued_at, authenticated_at) ON TABLE sessions.session TO sessions_app;
+GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, token_issued_at, authenticated_at, device_name) ON TABLE sessions.session TO sessions_app;
 GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen_at, idle_expires_at, absolute_expires_at, expires_at, revoked_at, revoked_reason, ip, user_agent, token_issued_at) ON TABLE sessions.session TO sessions_auditor;
 
 CREATE OR REPLACE FUNCTION sessions.altered_columns(old_row sessions.session, new_row sessions.session)

@@ -1,6 +1,7 @@
 import Koa from 'koa';
 import Router from 'koa-router';
 import {
+  SessionDataError,
   type SessionMiddleware,
   type SessionOptions,
   SessionReauthenticationRequiredError,
@@ -122,6 +123,21 @@ export function createDemoApp(
         reason: REVOKED_OTHERS,
       });
       ctx.state.notice = { code: 'others-signed-out', count } satisfies Notice;
+    }
+    ctx.redirect('/devices');
+  });
+  router.post('/devices/:id/rename', async (ctx) => {
+    if (!ctx.sessions.userId) return ctx.redirect('/devices');
+    const name = (await form(ctx)).get('name')?.trim() ?? '';
+    if ([...name].length > 100) return ctx.throw(400, 'A device name has at most 100 characters.');
+    try {
+      // An empty field clears the name: the browser's description shows again.
+      const renamed = await ctx.sessions.rename(ctx.params.id ?? '', name === '' ? null : name);
+      if (!renamed)
+        return ctx.throw(404, 'That device is not signed in to your account (any more).');
+    } catch (error) {
+      if (error instanceof SessionDataError) return ctx.throw(400, 'That name cannot be stored.');
+      throw error;
     }
     ctx.redirect('/devices');
   });

@@ -54,6 +54,8 @@ ul.devices{list-style:none;margin:0;padding:0}
 .device .meta{margin:.1rem 0 0;color:var(--muted);font-size:.92rem}
 .badge{display:inline-block;white-space:nowrap;font-size:.75rem;font-weight:700;color:var(--ok-ink);background:var(--ok-bg);border-radius:999px;padding:.05rem .55rem;margin-left:.35rem;vertical-align:.1rem}
 .device form{flex:none}
+.device form.rename{display:flex;gap:.35rem;align-items:center}
+.device form.rename input{width:9rem}
 .actions{display:flex;flex-wrap:wrap;gap:.75rem;align-items:center;margin-top:1rem}
 time{text-decoration:underline dotted var(--muted);text-underline-offset:3px}
 @media (max-width:30rem){.device{flex-wrap:wrap}.device .about{flex:1 1 calc(100% - 3.15rem)}.device form{margin-left:3.15rem}h1{font-size:1.4rem}.card{padding:.9rem 1rem}}
@@ -211,7 +213,8 @@ export function devicesPage(
 
 function deviceItem(device: DeviceSession & { current: boolean }, now: Date): string {
   const description = describeUserAgent(device.userAgent);
-  const title = deviceTitle(description);
+  // The name its user gave it, else what its browser says it is.
+  const title = device.name ?? deviceTitle(description);
   const lastActive = device.current
     ? 'Active now'
     : `Last active ${timeTag(device.lastSeenAt, now)}`;
@@ -224,6 +227,11 @@ function deviceItem(device: DeviceSession & { current: boolean }, now: Date): st
     }</p>
     <p class="meta">${lastActive} · signed in ${timeTag(device.createdAt, now)}</p>
   </div>
+  <form class="rename" method="post" action="/devices/${device.id}/rename">
+    <label class="muted" for="name-${device.id}">Name</label>
+    <input id="name-${device.id}" name="name" maxlength="100" placeholder="${escapeHtml(deviceTitle(description))}" value="${escapeHtml(device.name ?? '')}">
+    <button class="secondary">Rename</button>
+  </form>
   <form method="post" action="/devices/${device.id}/revoke">
     <button class="secondary" aria-label="Sign out ${escapeHtml(title)}${device.current ? ' (this device)' : ''}">Sign out</button>
   </form>

@@ -186,7 +186,6 @@ BEGIN
   RETURN true;
 END
 $$;
-ALTER FUNCTION sessions.reauthenticate(uuid) OWNER TO sessions_admin;
 
 -- Whether the session's user proved who they are within `max_age`, by the database's
 -- clock; NULL for no live session of this tenant. SECURITY INVOKER: row-level security
@@ -206,6 +205,12 @@ REVOKE EXECUTE ON FUNCTION sessions.reauthenticate(uuid),
   sessions.authenticated_within(uuid, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.reauthenticate(uuid),
   sessions.authenticated_within(uuid, interval) TO sessions_app, sessions_admin;
+-- reauthenticate() runs as sessions_admin, which alone may write events. A non-superuser
+-- may only give a function to a role that can create in its schema: grant that for the
+-- hand-over and take it back (as 20260101000003 does for the log writers).
+GRANT CREATE ON SCHEMA sessions TO sessions_admin;
+ALTER FUNCTION sessions.reauthenticate(uuid) OWNER TO sessions_admin;
+REVOKE CREATE ON SCHEMA sessions FROM sessions_admin;
 
 -- migrate:down
 DROP FUNCTION sessions.authenticated_within(uuid, interval);

@@ -162,6 +162,29 @@ test.serial(
   },
 );
 
+test.serial('a device is named on the devices page, by its own user only', async (t) => {
+  const [laptop, phone, stranger] = [
+    new Browser(baseUrl),
+    new Browser(baseUrl),
+    new Browser(baseUrl),
+  ];
+  await formPost(laptop, '/login', { user: 'hedy' });
+  await formPost(phone, '/login', { user: 'hedy' });
+  await formPost(stranger, '/login', { user: 'mallory' });
+  const phoneId = devicesOf((await phone.get('/devices')).body as string).current!;
+  t.is(
+    await formPost(laptop, '/devices/' + phoneId + '/rename', { name: '  Hedy’s phone 📱 ' }),
+    302,
+  );
+  const page = (await laptop.get('/devices')).body as string;
+  t.regex(page, /<p class="title">Hedy’s phone 📱<\/p>/);
+  t.is(await formPost(stranger, '/devices/' + phoneId + '/rename', { name: 'mine now' }), 404);
+  t.is(await formPost(laptop, '/devices/' + phoneId + '/rename', { name: 'x'.repeat(101) }), 400);
+  t.regex((await phone.get('/devices')).body as string, /Hedy’s phone 📱/);
+  t.is(await formPost(laptop, '/devices/' + phoneId + '/rename', { name: '' }), 302);
+  t.notRegex((await laptop.get('/devices')).body as string, /Hedy’s phone/);
+});
+
 test.serial('signed out, the devices page lists nothing and offers the sign-in form', async (t) => {
   const page = (await new Browser(baseUrl).get('/devices')).body as string;
   t.regex(page, /Sign in to see the devices/);

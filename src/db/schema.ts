@@ -26,6 +26,10 @@ export interface SessionTable {
   user_agent: string | null;
   /** When the current token was issued (creation or last rotation). */
   token_issued_at: ColumnType<Date, Date | undefined, Date>;
+  /** When the user last proved who they are (sign-in, reauthentication); migration 8. */
+  authenticated_at: ColumnType<Date | null, never, never>;
+  /** The name the user gave this device, if any (migration 9). */
+  device_name: string | null;
 }
 
 /** A token a rotation replaced (SHA-256 only), kept until its session is deleted. */

@@ -1,5 +1,6 @@
 import { SessionDataError, SessionReauthenticationRequiredError } from '../errors.js';
 import { isStorableText } from '../serialize.js';
+import { MAX_DEVICE_NAME, renameDevice } from '../store/devices.js';
 import type { DeviceSession, SessionEnd } from '../store/records.js';
 import { authenticatedWithin, reauthenticate } from '../store/step-up.js';
 import type { RequestSession } from './request-session.js';
@@ -133,6 +134,27 @@ export class SessionControl {
     return devices.map((device) => ({ ...device, current: device.id === request.id }));
   }
 
+  /**
+   * Names one of the signed-in user's own sessions ("Work laptop"), or clears its name
+   * with null; `listForUser()` returns it. A name is 1 to 100 characters of text the
+   * session data rules accept (no NUL, no unpaired surrogate), trimmed; anything else is
+   * a `SessionDataError`. False when the id names no live session of this user.
+   */
+  async rename(sessionId: string, name: string | null): Promise<boolean> {
+    const trimmed = name === null ? null : checkDeviceName(name);
+    const request = this.#request;
+    const userId = request.userId;
+    if (userId === null || !SESSION_ID.test(sessionId)) return false;
+    return renameDevice(
+      request.store.runner,
+      request.tenantId,
+      sessionId,
+      userId,
+      trimmed,
+      request.actor(),
+    );
+  }
+
   /** Revokes one session of this tenant by public id, on every app node; true when it was live. */
   async revoke(sessionId: string, reason = 'revoked'): Promise<boolean> {
     checkReason(reason);
@@ -168,6 +190,22 @@ export class SessionControl {
     if (current && ended.some((session) => session.id === current)) request.endedBySelf();
     return ended.length;
   }
+}
+
+/** A device name as stored: trimmed, 1 to MAX_DEVICE_NAME characters of storable text. */
+function checkDeviceName(name: unknown): string {
+  if (typeof name !== 'string' || !isStorableText(name)) {
+    throw new SessionDataError('a device name that is not storable text', 'name');
+  }
+  const trimmed = name.trim();
+  const length = [...trimmed].length;
+  if (length === 0 || length > MAX_DEVICE_NAME) {
+    throw new SessionDataError(
+      `a device name of ${length} characters (1 to ${MAX_DEVICE_NAME})`,
+      'name',
+    );
+  }
+  return trimmed;
 }
 
 /** A revocation is never silently skipped: a reason PostgreSQL cannot store is an error. */

@@ -67,6 +67,8 @@ export interface DeviceSession {
   readonly expiresAt: Date;
   readonly ip: string | null;
   readonly userAgent: string | null;
+  /** The name its user gave it (`ctx.sessions.rename()`), or null. */
+  readonly name: string | null;
 }
 
 /** A session a revocation ended: its id, and the hash its cache entry is keyed by. */

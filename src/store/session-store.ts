@@ -356,7 +356,15 @@ export class SessionStore {
     const { rows } = await this.runner.read(
       db
         .selectFrom('sessions.session')
-        .select(['id', 'created_at', 'last_seen_at', 'expires_at', 'ip', 'user_agent'])
+        .select([
+          'id',
+          'created_at',
+          'last_seen_at',
+          'expires_at',
+          'ip',
+          'user_agent',
+          'device_name',
+        ])
         .where('tenant_id', '=', this.tenantId)
         .where('user_id', '=', userId)
         .where(live)
@@ -371,6 +379,7 @@ export class SessionStore {
       expiresAt: row.expires_at,
       ip: row.ip,
       userAgent: row.user_agent,
+      name: row.device_name,
     }));
   }
 }
