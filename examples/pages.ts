@@ -55,10 +55,10 @@ ul.devices{list-style:none;margin:0;padding:0}
 .badge{display:inline-block;white-space:nowrap;font-size:.75rem;font-weight:700;color:var(--ok-ink);background:var(--ok-bg);border-radius:999px;padding:.05rem .55rem;margin-left:.35rem;vertical-align:.1rem}
 .device form{flex:none}
 .device form.rename{display:flex;gap:.35rem;align-items:center}
-.device form.rename input{width:9rem}
+.device form.rename input{width:9rem;min-width:0}
 .actions{display:flex;flex-wrap:wrap;gap:.75rem;align-items:center;margin-top:1rem}
 time{text-decoration:underline dotted var(--muted);text-underline-offset:3px}
-@media (max-width:30rem){.device{flex-wrap:wrap}.device .about{flex:1 1 calc(100% - 3.15rem)}.device form{margin-left:3.15rem}h1{font-size:1.4rem}.card{padding:.9rem 1rem}}
+@media (max-width:30rem){.device{flex-wrap:wrap}.device form.rename{flex:1 1 auto;min-width:0}.device form.rename input{flex:1 1 auto;width:auto}.device .about{flex:1 1 calc(100% - 3.15rem)}.device form{margin-left:3.15rem}h1{font-size:1.4rem}.card{padding:.9rem 1rem}}
 `;
 
 /** The page frame: header with the user, the notice, the content. */
