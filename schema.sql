@@ -30,7 +30,7 @@ CREATE TABLE sessions.event (
     rotation_ip inet,
     rotation_user_agent text,
     CONSTRAINT event_pkey PRIMARY KEY (tenant_id, id),
-    CONSTRAINT event_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text, 'token_reused'::text, 'reauthenticated'::text])))
+    CONSTRAINT event_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'rotated'::text, 'user_bound'::text, 'revoked'::text, 'expired'::text, 'destroyed'::text, 'purged'::text, 'altered'::text, 'token_reused'::text, 'reauthenticated'::text, 'erased'::text])))
 );
 CREATE INDEX event_day_brin ON sessions.event USING brin ((((occurred_at AT TIME ZONE 'UTC'::text))::date));
 CREATE INDEX event_occurred_at_brin ON sessions.event USING brin (occurred_at);
@@ -44,6 +44,7 @@ CREATE POLICY admin_all ON sessions.event TO sessions_admin USING (true) WITH CH
 CREATE POLICY auditor_reads_all ON sessions.event FOR SELECT TO sessions_auditor USING (true);
 GRANT SELECT, INSERT, DELETE ON TABLE sessions.event TO sessions_admin;
 GRANT SELECT ON TABLE sessions.event TO sessions_auditor;
+GRANT UPDATE (user_id, actor, ip, user_agent, rotation_ip, rotation_user_agent) ON TABLE sessions.event TO sessions_admin;
 
 CREATE TABLE sessions.previous_token (
     tenant_id text NOT NULL,
@@ -274,6 +275,94 @@ CREATE OR REPLACE FUNCTION sessions.current_actor()
 AS $function$ SELECT coalesce(nullif(current_setting('sessions.actor', true), ''), session_user::text) $function$;
 REVOKE EXECUTE ON FUNCTION sessions.current_actor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.current_actor() TO sessions_admin;
+
+CREATE OR REPLACE FUNCTION sessions.erase_user(tenant text, user_to_erase text, pseudonym text DEFAULT NULL::text)
+ RETURNS TABLE(sessions_deleted integer, events_rewritten integer, pseudonym_used text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+  chosen text := coalesce(pseudonym, 'erased:' || gen_random_uuid()::text);
+  ids uuid[];
+  deleted integer;
+  rewritten integer;
+BEGIN
+  IF tenant IS NULL OR user_to_erase IS NULL THEN
+    RAISE EXCEPTION 'erase_user needs a tenant and a user id' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF chosen = user_to_erase OR char_length(chosen) NOT BETWEEN 1 AND 200 THEN
+    RAISE EXCEPTION 'the pseudonym must differ from the user id and have 1 to 200 characters'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM set_config('sessions.tenant', tenant, true);
+  SELECT coalesce(array_agg(s.id), '{}') INTO ids
+    FROM sessions.session AS s
+   WHERE s.tenant_id = tenant AND s.user_id = user_to_erase;
+  -- Revoked first, so that every node refuses them at once, then deleted (with their
+  -- previous tokens, which hold addresses and user agents of rotations).
+  UPDATE sessions.session AS s SET revoked_at = now(), revoked_reason = 'erased'
+   WHERE s.tenant_id = tenant AND s.id = ANY(ids) AND s.revoked_at IS NULL;
+  DELETE FROM sessions.session AS s WHERE s.tenant_id = tenant AND s.id = ANY(ids);
+  GET DIAGNOSTICS deleted = ROW_COUNT;
+  UPDATE sessions.event AS e
+     SET user_id = chosen, ip = NULL, user_agent = NULL, rotation_ip = NULL,
+         rotation_user_agent = NULL
+   WHERE e.tenant_id = tenant AND (e.user_id = user_to_erase OR e.session_id = ANY(ids));
+  GET DIAGNOSTICS rewritten = ROW_COUNT;
+  -- The middleware's default actor names the user (`user:<id>`), in events about any
+  -- session of the tenant (a user who revoked another's session, say): renamed too. An
+  -- `actor` option of the application's own that embeds the user otherwise is its to map.
+  UPDATE sessions.event AS e
+     SET actor = CASE WHEN e.actor = user_to_erase THEN chosen ELSE 'user:' || chosen END
+   WHERE e.tenant_id = tenant AND e.actor IN (user_to_erase, 'user:' || user_to_erase);
+  INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, reason, actor)
+  SELECT tenant, id, chosen, 'erased', 'erasure', sessions.current_actor()
+    FROM unnest(ids) AS id;
+  RETURN QUERY SELECT deleted, rewritten, chosen;
+END
+$function$;
+ALTER FUNCTION sessions.erase_user(text,text,text) OWNER TO sessions_admin;
+REVOKE EXECUTE ON FUNCTION sessions.erase_user(text,text,text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION sessions.export_user(tenant text, user_to_export text)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+  WITH own AS (
+    SELECT s.* FROM sessions.session AS s
+     WHERE s.tenant_id = tenant AND s.user_id = user_to_export
+  )
+  SELECT jsonb_build_object(
+    'tenant', tenant,
+    'user', user_to_export,
+    'exported_at', now(),
+    'sessions', coalesce((
+      SELECT jsonb_agg(jsonb_build_object(
+               'id', o.id, 'created_at', o.created_at, 'last_seen_at', o.last_seen_at,
+               'expires_at', o.expires_at, 'revoked_at', o.revoked_at,
+               'revoked_reason', o.revoked_reason, 'ip', o.ip, 'user_agent', o.user_agent,
+               'device_name', o.device_name, 'authenticated_at', o.authenticated_at,
+               'data', o.data, 'version', o.version)
+             ORDER BY o.created_at, o.id)
+        FROM own AS o), '[]'),
+    'events', coalesce((
+      SELECT jsonb_agg(jsonb_build_object(
+               'id', e.id, 'occurred_at', e.occurred_at, 'session_id', e.session_id,
+               'user_id', e.user_id, 'kind', e.kind, 'version', e.version,
+               'changed_keys', e.changed_keys, 'reason', e.reason, 'actor', e.actor,
+               'ip', e.ip, 'user_agent', e.user_agent, 'rotation_ip', e.rotation_ip,
+               'rotation_user_agent', e.rotation_user_agent)
+             ORDER BY e.occurred_at, e.id)
+        FROM sessions.event AS e
+       WHERE e.tenant_id = tenant
+         AND (e.user_id = user_to_export OR e.session_id IN (SELECT o.id FROM own AS o))), '[]'))
+$function$;
+ALTER FUNCTION sessions.export_user(text,text) OWNER TO sessions_admin;
+REVOKE EXECUTE ON FUNCTION sessions.export_user(text,text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION sessions.gc_batch(batch_size integer DEFAULT 500)
  RETURNS integer

@@ -1,6 +1,8 @@
 import { debuglog } from 'node:util';
 import { Command, CommanderError } from 'commander';
 import { CliError, ExitCode } from './cli-error.js';
+import { eraseCommand } from './erase-command.js';
+import { exportCommand } from './export-command.js';
 import { gcCommand } from './gc-command.js';
 import { migrateCommand } from './migrate-command.js';
 import { pruneEventsCommand } from './prune-events-command.js';
@@ -25,6 +27,8 @@ ran and reports a condition (pending migrations, a host down, a failure mid-way)
   program.addCommand(migrateCommand());
   program.addCommand(gcCommand());
   program.addCommand(revokeCommand());
+  program.addCommand(exportCommand());
+  program.addCommand(eraseCommand());
   program.addCommand(pruneEventsCommand());
   program.addCommand(reportCommand());
   program.addCommand(seedCommand());
