@@ -609,6 +609,8 @@ test('every command has --help, exiting 0', async (t) => {
     'pg-sessions migrate roles',
     'pg-sessions gc',
     'pg-sessions revoke',
+    'pg-sessions export',
+    'pg-sessions erase',
     'pg-sessions prune-events',
     'pg-sessions report',
     'pg-sessions seed',
