@@ -229,7 +229,7 @@ function deviceItem(device: DeviceSession & { current: boolean }, now: Date): st
   </div>
   <form class="rename" method="post" action="/devices/${device.id}/rename">
     <label class="muted" for="name-${device.id}">Name</label>
-    <input id="name-${device.id}" name="name" maxlength="100" placeholder="${escapeHtml(deviceTitle(description))}" value="${escapeHtml(device.name ?? '')}">
+    <input id="name-${device.id}" name="name" maxlength="100" placeholder="Name this device" value="${escapeHtml(device.name ?? '')}">
     <button class="secondary">Rename</button>
   </form>
   <form method="post" action="/devices/${device.id}/revoke">
