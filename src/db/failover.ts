@@ -46,7 +46,9 @@ export class FailoverRunner implements StatementRunner {
       return await this.inner.read(query, options);
     } catch (error) {
       await this.#failOver(error);
-      return this.inner.read(query, options);
+      // Once more on the primary, never another replica pick: a replica that is shutting
+      // down may still pass the health check that just ran, and answer nothing again.
+      return this.inner.readPrimary(query);
     }
   }
 
