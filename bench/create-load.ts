@@ -11,6 +11,7 @@
 // two concurrent sign-ins, and keeps cookies on the way back; hence this one.
 import autocannon from 'autocannon';
 import { type Message, serveRunner } from './child.js';
+import { applySetCookie, headerValues, parseCookieHeader } from './cookie-jar.js';
 
 export type CreateKind = 'create' | 'signin' | 'write';
 
@@ -128,44 +129,6 @@ async function run(config: CreateLoadRun): Promise<CreateLoadResult> {
     seconds,
     cpuMicros: cpu.user + cpu.system,
   };
-}
-
-// The cookie jar of bench/load.ts (not importable: that module starts its own runner loop).
-
-function parseCookieHeader(header: string): Map<string, string> {
-  const jar = new Map<string, string>();
-  for (const pair of header.split(';')) {
-    const at = pair.indexOf('=');
-    if (at > 0) jar.set(pair.slice(0, at).trim(), pair.slice(at + 1).trim());
-  }
-  return jar;
-}
-
-/** A Set-Cookie line: an empty value (or one already expired) deletes the cookie. */
-function applySetCookie(jar: Map<string, string>, line: string): void {
-  const [pair = '', ...attributes] = line.split(';');
-  const at = pair.indexOf('=');
-  if (at <= 0) return;
-  const name = pair.slice(0, at).trim();
-  const value = pair.slice(at + 1).trim();
-  const expired = attributes.some((attribute) => {
-    const [key = '', date = ''] = attribute.split('=');
-    return key.trim().toLowerCase() === 'expires' && Date.parse(date) <= Date.now();
-  });
-  if (value === '' || expired) jar.delete(name);
-  else jar.set(name, value);
-}
-
-/** autocannon keeps the raw header names; a repeated header comes as an array. */
-function headerValues(headers: Record<string, unknown> | undefined, wanted: string): string[] {
-  const values: string[] = [];
-  for (const [name, value] of Object.entries(headers ?? {})) {
-    if (name.toLowerCase() !== wanted) continue;
-    for (const item of Array.isArray(value) ? value : [value]) {
-      if (typeof item === 'string') values.push(item);
-    }
-  }
-  return values;
 }
 
 serveRunner(
