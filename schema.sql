@@ -250,6 +250,8 @@ BEGIN
   IF relaxed AND new_user_id IS NULL THEN
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
+  -- Announced after the commit (log_insert, notify_deferred), like a data write.
+  PERFORM set_config('sessions.defer_notify', 'on', true);
   RETURN QUERY
     INSERT INTO sessions.session AS s (tenant_id, token_hash, user_id, data, idle_expires_at,
                                        absolute_expires_at, ip, user_agent, authenticated_at)
@@ -451,7 +453,11 @@ BEGIN
               ELSE 'destroyed' END,
          o.version, CASE WHEN by_gc THEN 'gc' END, sessions.current_actor()
     FROM old_rows o;
-  SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version))
+  SELECT jsonb_agg(jsonb_build_array(o.tenant_id, o.id, encode(o.token_hash, 'hex'), o.version,
+                                     CASE WHEN o.revoked_at IS NOT NULL THEN 'purged'
+                                          WHEN o.expires_at <= now() THEN 'expired'
+                                          ELSE 'destroyed' END,
+                                     o.user_id, CASE WHEN by_gc THEN 'gc' END, (extract(epoch FROM now()) * 1000)::bigint))
     INTO entries FROM old_rows o;
   IF entries IS NOT NULL THEN
     PERFORM sessions.notify_changes('delete', entries);
@@ -468,10 +474,24 @@ CREATE OR REPLACE FUNCTION sessions.log_insert()
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
+DECLARE
+  defer boolean := coalesce(current_setting('sessions.defer_notify', true) = 'on', false);
 BEGIN
   INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, version, actor, ip, user_agent)
   SELECT n.tenant_id, n.id, n.user_id, 'created', n.version, sessions.current_actor(), n.ip, n.user_agent
     FROM new_rows n;
+  -- Only the middleware's creations (create_session defers) are announced, after the
+  -- commit: nobody caches a session before it exists, so there is nothing to evict, and
+  -- a bulk INSERT of some other writer (a seed) announces nothing, as before.
+  IF defer THEN
+    PERFORM set_config('sessions.notify_pending',
+      (coalesce(nullif(current_setting('sessions.notify_pending', true), '')::jsonb, '[]')
+       || (SELECT jsonb_agg(jsonb_build_array(n.tenant_id, n.id, encode(n.token_hash, 'hex'),
+                                              n.version, 'created', n.user_id, NULL, (extract(epoch FROM now()) * 1000)::bigint))
+             FROM new_rows n))::text,
+      false);
+    PERFORM set_config('sessions.defer_notify', '', true);
+  END IF;
   RETURN NULL;
 END
 $function$;
@@ -549,12 +569,17 @@ BEGIN
   )
   -- Data, rotation and binding may wait for notify_deferred (see there); a revocation
   -- or any other column never does.
-  SELECT jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
+  SELECT jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version, change,
+                                     user_id, reason, (extract(epoch FROM now()) * 1000)::bigint))
            FILTER (WHERE NOT (defer AND may_wait)),
-         jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version))
+         jsonb_agg(jsonb_build_array(tenant_id, id, encode(old_hash, 'hex'), version, change,
+                                     user_id, reason, (extract(epoch FROM now()) * 1000)::bigint))
            FILTER (WHERE defer AND may_wait)
     INTO entries, deferred
-    FROM (SELECT c.*, NOT c.revoked AND cardinality(c.altered) = 0 AS may_wait
+    FROM (SELECT c.*, NOT c.revoked AND cardinality(c.altered) = 0 AS may_wait,
+                 CASE WHEN c.revoked THEN 'revoked' WHEN c.rotated THEN 'rotated'
+                      WHEN c.bound THEN 'bound' ELSE 'updated' END AS change,
+                 CASE WHEN c.revoked THEN c.revoked_reason END AS reason
             FROM changed c) AS classified;
   IF entries IS NOT NULL THEN
     PERFORM sessions.notify_changes('update', entries);

@@ -4,6 +4,11 @@
  * @module
  */
 export {
+  LIFECYCLE_EVENTS,
+  type SessionLifecycleEvent,
+  type SessionLifecycleEventName,
+} from './cache/lifecycle.js';
+export {
   type MigrateAction,
   type MigrateOptions,
   type MigrateResult,

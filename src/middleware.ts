@@ -3,6 +3,8 @@ import type Koa from 'koa';
 import type { Context, Middleware, Next } from 'koa';
 import type { Transaction } from 'kysely';
 import pg from 'pg';
+import { emitLifecycle } from './cache/lifecycle.js';
+import type { SessionNotification } from './cache/notification.js';
 import { settingsStatement } from './db/runner.js';
 import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError } from './db/sqlstate.js';
@@ -100,7 +102,10 @@ export function sessions(
   const events = new EventEmitter();
   engine.listener?.on('up', () => events.emit('cache:listener:up'));
   engine.listener?.on('down', (error) => events.emit('cache:listener:down', error));
-  engine.listener?.on('notification', (message) => events.emit('cache:notification', message));
+  engine.listener?.on('notification', (message: SessionNotification) => {
+    events.emit('cache:notification', message);
+    emitLifecycle(events, message, resolved.logger);
+  });
 
   /** The app.keys last found usable: checked again only when the app replaces them. */
   let checkedKeys: unknown;

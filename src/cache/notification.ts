@@ -1,6 +1,7 @@
 /**
  * The payloads the triggers send on channel `sessions_changed` (see docs/schema.md):
- * `{"op":"update"|"delete","s":[[tenant, id, tokenHashHex, version], …]}` or, for a
+ * `{"op":"update"|"delete","s":[[tenant, id, tokenHashHex, version, change, userId,
+ * reason, atMs], …]}` (migration 11; before it, the first four alone) or, for a
  * statement that changed more than 1000 rows, `{"op":"flush","tenant":…}`.
  */
 export type SessionNotification =
@@ -11,6 +12,12 @@ export type SessionNotification =
         readonly id: string;
         readonly tokenHashHex: string;
         readonly version: number;
+        /** What happened (migration 11): created, updated, rotated, bound, revoked, purged, expired, destroyed. */
+        readonly change?: string;
+        readonly userId?: string | null;
+        readonly reason?: string | null;
+        /** When the database made the change, ms since the epoch. */
+        readonly at?: number;
       }[];
     }
   | { readonly op: 'flush'; readonly tenantId: string };
@@ -34,17 +41,29 @@ export function parseNotification(payload: string | undefined): SessionNotificat
   if ((message.op === 'update' || message.op === 'delete') && Array.isArray(message.s)) {
     const sessions = [];
     for (const entry of message.s) {
-      if (!Array.isArray(entry) || entry.length !== 4) return undefined;
-      const [tenantId, id, tokenHashHex, version] = entry as unknown[];
+      if (!Array.isArray(entry) || (entry.length !== 4 && entry.length !== 8)) return undefined;
+      const [tenantId, id, tokenHashHex, version, change, userId, reason, at] = entry as unknown[];
       if (
         typeof tenantId !== 'string' ||
         typeof id !== 'string' ||
-        typeof tokenHashHex !== 'string'
+        typeof tokenHashHex !== 'string' ||
+        typeof version !== 'number'
       ) {
         return undefined;
       }
-      if (typeof version !== 'number') return undefined;
-      sessions.push({ tenantId, id, tokenHashHex, version });
+      if (entry.length === 4) {
+        sessions.push({ tenantId, id, tokenHashHex, version });
+        continue;
+      }
+      if (
+        typeof change !== 'string' ||
+        (userId !== null && typeof userId !== 'string') ||
+        (reason !== null && typeof reason !== 'string') ||
+        typeof at !== 'number'
+      ) {
+        return undefined;
+      }
+      sessions.push({ tenantId, id, tokenHashHex, version, change, userId, reason, at });
     }
     return { op: message.op, sessions };
   }

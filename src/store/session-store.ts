@@ -150,6 +150,8 @@ export class SessionStore {
       {
         actor: input.actor,
         scoped: true,
+        // Its announcement (session:created on every node) follows the commit.
+        notifyAfterCommit: true,
         batch: batchTicket(policy, 'create', '', relaxed && input.userId === null),
         appliedCheck: CompiledQuery.raw(CREATED, [tenantId, input.tokenHash]),
       },
