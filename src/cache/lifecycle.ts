@@ -84,6 +84,8 @@ export function emitLifecycle(
   notification: SessionNotification,
   logger: Logger,
 ): void {
+  // Every data write's notification comes here: build no events nobody listens to.
+  if (!LIFECYCLE_EVENTS.some((name) => emitter.listenerCount(name) > 0)) return;
   for (const event of lifecycleEvents(notification)) {
     for (const listener of emitter.listeners(event.type)) {
       try {
