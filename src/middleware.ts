@@ -9,18 +9,14 @@ import { settingsStatement } from './db/runner.js';
 import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
-import {
-  SessionError,
-  SessionOptionsError,
-  SessionStoreUnavailableError,
-  toSessionError,
-} from './errors.js';
+import { SessionError, SessionOptionsError, toSessionError } from './errors.js';
 import type { GcRunResult } from './jobs/garbage-collector.js';
 import type { SessionMetrics } from './metrics.js';
 import { checkAppKeys, resolveOptions } from './options/resolve.js';
 import type { ResolvedOptions, SessionOptions } from './options/types.js';
 import { withdrawEndedKey } from './request/commit.js';
 import { SessionControl } from './request/control.js';
+import { guard } from './request/guard.js';
 import { loadSession, revokeStolenAfterTransaction } from './request/load.js';
 import { RequestSession } from './request/request-session.js';
 import { emitDeferred } from './request/services.js';
@@ -265,17 +261,6 @@ function requestSettings(request: RequestSession, locking: boolean): string {
     ? `, set_config('sessions.statement_timeout', current_setting('statement_timeout'), true), set_config('statement_timeout', ${literal(`${lockTimeout + statementTimeout}ms`)}, true)`
     : '';
   return `${settingsStatement(request.tenantId, request.actor())}, set_config('lock_timeout', ${literal(`${lockTimeout}ms`)}, true)${lockWait}`;
-}
-
-/** Awaits `work`, translating database errors into typed session errors. */
-async function guard<T>(metrics: SessionMetrics, work: Promise<T>): Promise<T> {
-  try {
-    return await work;
-  } catch (error) {
-    const translated = toSessionError(error);
-    if (translated instanceof SessionStoreUnavailableError) metrics.increment('unavailable');
-    throw translated;
-  }
 }
 
 /**

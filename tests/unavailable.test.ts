@@ -140,3 +140,38 @@ test('a database that is down at the first request gives 503, and the middleware
   t.is((await browser.post('/set')).body, 2, 'the session written after the start is served');
   t.not(app.middleware.listenerPid, undefined, 'started: the cache listener is up');
 });
+
+test('with the database down, ctx.sessions operations answer the typed 503 too, not an untyped 500', async (t) => {
+  const server = await PostgresServer.start();
+  t.teardown(() => server.destroy());
+  const migrated = await migrate(server.url(), 'up');
+  t.is(migrated.exitCode, 0, migrated.output);
+  const app = await startApp(
+    { database: server.url(), connectTimeout: 1000, statementTimeout: 1000 },
+    (router) => {
+      // No cookie: the request loads nothing, so only the operation itself meets the outage.
+      router.get('/devices', async (ctx) => {
+        ctx.body = await ctx.sessions.listForUser('someone');
+      });
+      router.post('/revoke', async (ctx) => {
+        ctx.body = await ctx.sessions.revoke('2f1c7e2a-8d4b-4f7e-9a51-0c3d5e6f7a8b');
+      });
+      router.post('/revoke-user', async (ctx) => {
+        ctx.body = await ctx.sessions.revokeUser('someone');
+      });
+    },
+  );
+  t.teardown(() => app.close());
+  const browser = new Browser(app.url);
+  t.deepEqual((await browser.get('/devices')).body, [], 'up: the operations work');
+  await server.stop();
+  for (const [method, path] of [
+    ['GET', '/devices'],
+    ['POST', '/revoke'],
+    ['POST', '/revoke-user'],
+  ] as const) {
+    const down = await browser.request(path, { method });
+    t.is(down.status, 503, path);
+    t.like(down.body, { error: 'SESSION_STORE_UNAVAILABLE' }, path);
+  }
+});

@@ -3,6 +3,7 @@ import { isStorableText } from '../serialize.js';
 import { MAX_DEVICE_NAME, renameDevice } from '../store/devices.js';
 import type { DeviceSession, SessionEnd } from '../store/records.js';
 import { authenticatedWithin, reauthenticate } from '../store/step-up.js';
+import { guard } from './guard.js';
 import type { RequestSession } from './request-session.js';
 
 /** A uuid, the only shape of a public session id: anything else names no session. */
@@ -19,6 +20,11 @@ export class SessionControl {
 
   constructor(request: RequestSession) {
     this.#request = request;
+  }
+
+  /** A database operation's errors as typed session errors (down: 503, counted). */
+  #guarded<T>(work: Promise<T>): Promise<T> {
+    return guard(this.#request.services.metrics, work);
   }
 
   /** The public, non-secret id of the current session (null until it is first saved). */
@@ -101,7 +107,7 @@ export class SessionControl {
     const request = this.#request;
     const id = request.record?.id;
     if (id === undefined || request.destroyed || request.userId === null) return false;
-    return reauthenticate(request.store.runner, id, request.actor());
+    return this.#guarded(reauthenticate(request.store.runner, id, request.actor()));
   }
 
   /**
@@ -120,7 +126,7 @@ export class SessionControl {
       id !== undefined &&
       !request.destroyed &&
       request.userId !== null &&
-      (await authenticatedWithin(request.store.runner, id, maxAge));
+      (await this.#guarded(authenticatedWithin(request.store.runner, id, maxAge)));
     if (!fresh) throw new SessionReauthenticationRequiredError(maxAge);
   }
 
@@ -130,7 +136,7 @@ export class SessionControl {
   ): Promise<(DeviceSession & { current: boolean })[]> {
     if (userId === null) return [];
     const request = this.#request;
-    const devices = await request.store.listForUser(userId, request.fence);
+    const devices = await this.#guarded(request.store.listForUser(userId, request.fence));
     return devices.map((device) => ({ ...device, current: device.id === request.id }));
   }
 
@@ -145,13 +151,15 @@ export class SessionControl {
     const request = this.#request;
     const userId = request.userId;
     if (userId === null || !SESSION_ID.test(sessionId)) return false;
-    return renameDevice(
-      request.store.runner,
-      request.tenantId,
-      sessionId,
-      userId,
-      trimmed,
-      request.actor(),
+    return this.#guarded(
+      renameDevice(
+        request.store.runner,
+        request.tenantId,
+        sessionId,
+        userId,
+        trimmed,
+        request.actor(),
+      ),
     );
   }
 
@@ -160,7 +168,7 @@ export class SessionControl {
     checkReason(reason);
     if (!SESSION_ID.test(sessionId)) return false;
     const request = this.#request;
-    const ended = await request.store.revoke(sessionId, reason, request.actor());
+    const ended = await this.#guarded(request.store.revoke(sessionId, reason, request.actor()));
     request.services.cache?.forgetEnded(request.tenantId, ended);
     if (ended.length > 0 && sessionId === request.record?.id) request.endedBySelf();
     return ended.length > 0;
@@ -180,11 +188,13 @@ export class SessionControl {
     if (!isStorableText(userId)) return 0;
     const request = this.#request;
     const current = request.record?.id;
-    const ended = await request.store.revokeUser(
-      userId,
-      reason,
-      request.actor(),
-      options.exceptCurrent ? current : undefined,
+    const ended = await this.#guarded(
+      request.store.revokeUser(
+        userId,
+        reason,
+        request.actor(),
+        options.exceptCurrent ? current : undefined,
+      ),
     );
     request.services.cache?.forgetEnded(request.tenantId, ended);
     if (current && ended.some((session) => session.id === current)) request.endedBySelf();
