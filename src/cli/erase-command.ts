@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { cliActor, withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { text } from './option-parsers.js';
+import { counted } from './output-format.js';
 
 interface EraseOptions {
   readonly user: string;
@@ -58,7 +59,7 @@ Exits 0 also when the user had nothing left to erase.`,
         { permission: 'erasing needs a role granted sessions_admin' },
       );
       process.stdout.write(
-        `erased user ${options.user} in tenant ${options.tenant}: ${result.sessions_deleted} sessions deleted, ${result.events_rewritten} events rewritten as ${result.pseudonym_used}\n`,
+        `erased user ${options.user} in tenant ${options.tenant}: ${counted(result.sessions_deleted, 'session')} deleted, ${counted(result.events_rewritten, 'event')} rewritten as ${result.pseudonym_used}\n`,
       );
     });
 }

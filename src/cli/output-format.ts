@@ -105,3 +105,8 @@ function tableValue(value: unknown): string {
   text = text.replace(/[\r\n\t]+/g, ' ');
   return text.length > CELL_WIDTH ? `${text.slice(0, CELL_WIDTH - 1)}…` : text;
 }
+
+/** `1 session`, `2 sessions`: a count with its noun, for the commands' one-line results. */
+export function counted(count: number, noun: string): string {
+  return `${count} ${count === 1 ? noun : `${noun}s`}`;
+}

@@ -3,6 +3,7 @@ import { CliError } from './cli-error.js';
 import { cliActor, withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { sessionId, text } from './option-parsers.js';
+import { counted } from './output-format.js';
 
 interface RevokeOptions {
   readonly session?: string;
@@ -91,7 +92,7 @@ session in whichever tenant holds it (ids are unique), or only in --tenant.`,
     });
 }
 
-const sessions = (count: number) => `${count} ${count === 1 ? 'session' : 'sessions'}`;
+const sessions = (count: number) => counted(count, 'session');
 
 /**
  * What revoke prints: for --user, one line per tenant that had sessions, then the
