@@ -123,6 +123,26 @@ export class SessionReauthenticationRequiredError extends SessionError {
   }
 }
 
+/**
+ * A state-changing request (POST, PUT, PATCH, DELETE by default) without a CSRF token
+ * of its session, with `csrf` on: 403, before the handler ran, nothing written.
+ * `reason`: `missing` (no header, no form field), `malformed`, `no-session` (the
+ * request has no live session: it ended, or the cookie was never sent), `mismatch`
+ * (forged, or another session's), `rotated` (minted before a rotation whose grace has
+ * passed: render the form again).
+ */
+export class SessionCsrfError extends SessionError {
+  override readonly name = 'SessionCsrfError';
+  constructor(readonly reason: 'missing' | 'malformed' | 'no-session' | 'mismatch' | 'rotated') {
+    super(
+      `this request needs a CSRF token of its session (${reason}): reload the page and try again`,
+      'SESSION_CSRF_INVALID',
+      403,
+      true,
+    );
+  }
+}
+
 /** A session API was used in a state where it cannot work (no session yet, destroyed). */
 export class SessionStateError extends SessionError {
   override readonly name = 'SessionStateError';

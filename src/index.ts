@@ -25,6 +25,7 @@ export type { SessionDatabase } from './db/router.js';
 export type { RequestDatabase } from './db/schema.js';
 export {
   SessionConflictError,
+  SessionCsrfError,
   SessionDataError,
   SessionError,
   SessionLockTimeoutError,
@@ -43,6 +44,7 @@ export type {
   CacheOptions,
   ConcurrencyMode,
   CookieOptions,
+  CsrfOptions,
   Durability,
   GcOptions,
   ResolvedOptions,

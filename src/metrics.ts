@@ -9,6 +9,7 @@ const COUNTERS = [
   'misses',
   'invalidTokens',
   'stolenTokens',
+  'csrfRefusals',
   'rotations',
   'unavailable',
   'cacheHits',

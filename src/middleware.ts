@@ -16,6 +16,13 @@ import { checkAppKeys, resolveOptions } from './options/resolve.js';
 import type { ResolvedOptions, SessionOptions } from './options/types.js';
 import { withdrawEndedKey } from './request/commit.js';
 import { SessionControl } from './request/control.js';
+import {
+  type CsrfPresented,
+  checkCsrfKeys,
+  needsCsrfCheck,
+  readCsrfToken,
+  refuseForgery,
+} from './request/csrf.js';
 import { guard } from './request/guard.js';
 import { loadSession, revokeStolenAfterTransaction } from './request/load.js';
 import { RequestSession } from './request/request-session.js';
@@ -90,6 +97,7 @@ export function sessions(
   const resolved = resolveOptions(options ?? {});
   if (app) {
     checkAppKeys(app.keys, resolved.cookie);
+    if (resolved.csrf) checkCsrfKeys(app.keys);
     // As koa-session: ctx.session exists from the start, even before this middleware.
     installAccessors(app.context);
   }
@@ -110,6 +118,7 @@ export function sessions(
     if (!installed.has(proto)) installAccessors(proto);
     if (ctx.app.keys !== checkedKeys) {
       checkAppKeys(ctx.app.keys, resolved.cookie);
+      if (resolved.csrf) checkCsrfKeys(ctx.app.keys);
       checkedKeys = ctx.app.keys;
     }
     return serve(engine, ctx, next);
@@ -119,6 +128,7 @@ export function sessions(
     start: () => {
       try {
         if (app) checkAppKeys(app.keys, resolved.cookie);
+        if (app && resolved.csrf) checkCsrfKeys(app.keys);
       } catch (error) {
         return Promise.reject(error);
       }
@@ -163,13 +173,16 @@ async function serve(engine: SessionEngine, ctx: Context, next: Next): Promise<v
   ctx[CONTEXT_SESSION] = request;
   ctx[EARLY_SESSION] = undefined;
   ctx.sessions = new SessionControl(request);
+  // A guarded method's CSRF token is read before the load and checked after it.
+  const csrf = needsCsrfCheck(request) ? await readCsrfToken(request) : undefined;
   // Lock mode locks the presented token's session: without one there is nothing to
   // lock, and the request stays off the database like in every other mode.
   const transaction = fixed.transaction ?? options.transaction(ctx);
   if (transaction === 'request' || (mode === 'lock' && presented.token)) {
-    await inRequestTransaction(engine, request, next);
+    await inRequestTransaction(engine, request, next, csrf);
   } else {
     await guard(metrics, loadSession(request));
+    if (csrf) refuseForgery(request, csrf);
     await runThenCommit(request, next);
   }
   withdrawEndedKey(request);
@@ -206,6 +219,7 @@ async function inRequestTransaction(
   engine: SessionEngine,
   request: RequestSession,
   next: Next,
+  csrf: CsrfPresented | undefined,
 ): Promise<void> {
   const { ctx, services } = request;
   const { metrics, options } = services;
@@ -218,6 +232,7 @@ async function inRequestTransaction(
       // The settings (and BEGIN) travel with the load: one round trip for both.
       await guard(metrics, loadSession(request, locking));
       await guard(metrics, runner.settle());
+      if (csrf) refuseForgery(request, csrf);
       // The application's tables are its own declaration (RequestDatabase); at run time
       // a Kysely transaction reaches any table the role may use.
       ctx.db = trx as unknown as Transaction<RequestDatabase>;

@@ -18,6 +18,7 @@ const COUNTER_HELP: Readonly<Record<CounterName, string>> = {
   invalidTokens: 'Malformed or tampered tokens',
   stolenTokens:
     'Rotated-away tokens presented after their grace period: sessions revoked as stolen',
+  csrfRefusals: 'State-changing requests refused for want of a CSRF token of their session (403)',
   rotations: 'Token rotations (regenerate, bindUser, periodic rotation)',
   unavailable: 'Requests answered 503 because the database was unavailable',
   cacheHits: 'Sessions served from the process cache',

@@ -1,5 +1,11 @@
 import { SessionOptionsError } from '../errors.js';
-import type { CacheOptions, CookieOptions, GcOptions, SessionOptions } from './types.js';
+import type {
+  CacheOptions,
+  CookieOptions,
+  CsrfOptions,
+  GcOptions,
+  SessionOptions,
+} from './types.js';
 
 // Each list is a record over its interface's keys: a new option left out here, or a
 // name here that is no option, fails the type check.
@@ -23,6 +29,7 @@ const KNOWN_OPTIONS: readonly string[] = Object.keys({
   batchWrites: true,
   cookie: true,
   bearer: true,
+  csrf: true,
   actor: true,
   statementTimeout: true,
   connectTimeout: true,
@@ -68,6 +75,14 @@ const KNOWN_CACHE_OPTIONS: readonly string[] = Object.keys({
   reconnectMaxDelay: true,
   listenUrl: true,
 } satisfies Record<keyof CacheOptions, true>);
+const KNOWN_CSRF_OPTIONS: readonly string[] = Object.keys({
+  methods: true,
+  header: true,
+  field: true,
+  formLimit: true,
+  ignore: true,
+} satisfies Record<keyof CsrfOptions, true>);
+
 const KNOWN_GC_OPTIONS: readonly string[] = Object.keys({
   interval: true,
   batchSize: true,
@@ -80,6 +95,9 @@ export function rejectUnknownOptions(given: SessionOptions): void {
   rejectUnknown('cookie.', given.cookie, KNOWN_COOKIE_OPTIONS);
   if (given.cache) rejectUnknown('cache.', given.cache, KNOWN_CACHE_OPTIONS);
   if (given.gc) rejectUnknown('gc.', given.gc, KNOWN_GC_OPTIONS);
+  if (given.csrf && typeof given.csrf === 'object') {
+    rejectUnknown('csrf.', given.csrf, KNOWN_CSRF_OPTIONS);
+  }
 }
 
 /** Rejects an unknown key of an options object, naming the closest known one. */

@@ -7,6 +7,7 @@ import type {
   ConcurrencyMode,
   Durability,
   ResolvedCookieOptions,
+  ResolvedCsrfOptions,
   ResolvedOptions,
   SessionOptions,
   TransactionMode,
@@ -81,6 +82,7 @@ export function resolveOptions(given: SessionOptions = {}): ResolvedOptions {
       overwrite: options.overwrite ?? true,
     }),
     bearer: options.bearer ?? false,
+    csrf: csrf(options.csrf),
     actor: fn('actor', options.actor, (_ctx: Context, userId: string | null) =>
       userId === null ? 'anonymous' : `user:${userId}`,
     ),
@@ -192,6 +194,16 @@ function fn<F extends (...args: never[]) => unknown>(
   return value ?? fallback;
 }
 
+function optionalFn<F extends (...args: never[]) => unknown>(
+  name: string,
+  value: F | undefined,
+): F | undefined {
+  if (value !== undefined && typeof value !== 'function') {
+    throw new SessionOptionsError(name, 'must be a function');
+  }
+  return value;
+}
+
 function choice<T extends string>(
   name: string,
   value: T | ((ctx: Context) => T) | undefined,
@@ -245,6 +257,35 @@ export function checkAppKeys(keys: unknown, cookie: ResolvedCookieOptions): void
     'app.keys',
     `is empty but cookie.signed is true: ${fix}, or leave cookie.signed at 'auto'`,
   );
+}
+
+const CSRF_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE'];
+
+function csrf(value: SessionOptions['csrf']): false | ResolvedCsrfOptions {
+  if (value === undefined || value === false) return false;
+  if (value !== true && (typeof value !== 'object' || value === null)) {
+    throw new SessionOptionsError('csrf', 'must be true, false or an object of csrf options');
+  }
+  const given = value === true ? {} : value;
+  const methods = given.methods ?? CSRF_METHODS;
+  if (!Array.isArray(methods) || methods.some((method) => typeof method !== 'string')) {
+    throw new SessionOptionsError('csrf.methods', 'must be an array of HTTP method names');
+  }
+  const header = given.header ?? 'x-csrf-token';
+  if (typeof header !== 'string' || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(header)) {
+    throw new SessionOptionsError('csrf.header', 'must be a header name');
+  }
+  const field = given.field ?? '_csrf';
+  if (typeof field !== 'string' || field.length === 0) {
+    throw new SessionOptionsError('csrf.field', 'must be a non-empty string');
+  }
+  return Object.freeze({
+    methods: new Set(methods.map((method) => method.toUpperCase())),
+    header,
+    field,
+    formLimit: duration('csrf.formLimit', given.formLimit, 56 * 1024),
+    ignore: optionalFn('csrf.ignore', given.ignore),
+  });
 }
 
 function durability(value: unknown): Durability {

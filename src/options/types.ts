@@ -33,6 +33,19 @@ export interface CacheOptions {
   listenUrl?: string;
 }
 
+export interface CsrfOptions {
+  /** The methods that must carry a token. @default ['POST', 'PUT', 'PATCH', 'DELETE'] */
+  methods?: string[];
+  /** The request header read for the token (for fetch and XHR). @default 'x-csrf-token' */
+  header?: string;
+  /** The form field read for the token (urlencoded forms). @default '_csrf' */
+  field?: string;
+  /** The largest urlencoded body read to find the field, bytes (koa-bodyparser's default). @default 57_344 (56 KiB) */
+  formLimit?: number;
+  /** Requests exempt from the check (a webhook that authenticates by its own signature). */
+  ignore?: (ctx: Context) => boolean;
+}
+
 export interface GcOptions {
   /** Mean time between runs in this process, ms (±20 % jitter). @default 300_000 */
   interval?: number;
@@ -137,6 +150,13 @@ export interface SessionOptions {
   cookie?: CookieOptions;
   /** Also accept `Authorization: Bearer <token>` (API and mobile clients). @default false */
   bearer?: boolean;
+  /**
+   * Refuse state-changing requests that do not carry a CSRF token of their session
+   * (`ctx.sessions.csrfToken()`), from a header or a form field: 403
+   * `SESSION_CSRF_INVALID`, before the handler, nothing written. Bearer requests are
+   * exempt. `true` takes the defaults of {@link CsrfOptions}. @default false
+   */
+  csrf?: boolean | CsrfOptions;
   /** Who the event log names as actor. @default user id when bound, else 'anonymous' */
   actor?: (ctx: Context, userId: string | null) => string;
   /** Server-side limit per statement in ms (statement_timeout). @default 5_000 */
@@ -237,6 +257,7 @@ export interface ResolvedOptions {
   readonly batchWrites: boolean;
   readonly cookie: ResolvedCookieOptions;
   readonly bearer: boolean;
+  readonly csrf: false | ResolvedCsrfOptions;
   readonly actor: (ctx: Context, userId: string | null) => string;
   readonly statementTimeout: number;
   readonly connectTimeout: number;
@@ -259,6 +280,15 @@ export interface ResolvedOptions {
     readonly mode?: ConcurrencyMode;
     readonly transaction?: TransactionMode;
   };
+}
+
+export interface ResolvedCsrfOptions {
+  /** Upper-case method names. */
+  readonly methods: ReadonlySet<string>;
+  readonly header: string;
+  readonly field: string;
+  readonly formLimit: number;
+  readonly ignore: ((ctx: Context) => boolean) | undefined;
 }
 
 /** koa-session's hooks and switches, as resolved. */

@@ -1,8 +1,13 @@
-import { SessionDataError, SessionReauthenticationRequiredError } from '../errors.js';
+import {
+  SessionDataError,
+  SessionReauthenticationRequiredError,
+  SessionStateError,
+} from '../errors.js';
 import { isStorableText } from '../serialize.js';
 import { MAX_DEVICE_NAME, renameDevice } from '../store/devices.js';
 import type { DeviceSession, SessionEnd } from '../store/records.js';
 import { authenticatedWithin, reauthenticate } from '../store/step-up.js';
+import { mintCsrfToken } from './csrf.js';
 import { guard } from './guard.js';
 import type { RequestSession } from './request-session.js';
 
@@ -128,6 +133,32 @@ export class SessionControl {
       request.userId !== null &&
       (await this.#guarded(authenticatedWithin(request.store.runner, id, maxAge)));
     if (!fresh) throw new SessionReauthenticationRequiredError(maxAge);
+  }
+
+  /**
+   * A CSRF token of this session, for a form's hidden `_csrf` field or the
+   * `x-csrf-token` header (the `csrf` option checks them): a new one each call, all
+   * valid (masked against BREACH). It belongs to the session's current token: call it
+   * after `bindUser()` or `regenerate()`, not before; a session not saved yet, or a
+   * rotation asked for, is written first. Tokens minted before a rotation stay valid
+   * for `rotationGrace`, never for another session. Signed with `app.keys`.
+   */
+  async csrfToken(): Promise<string> {
+    const request = this.#request;
+    if (request.destroyed && !request.session) {
+      throw new SessionStateError('a destroyed session has no CSRF token');
+    }
+    if (!request.record || request.rotate || request.destroyed) {
+      await request.commit({ save: true });
+    }
+    const record = request.record;
+    if (!record) throw new SessionStateError('the session could not be saved for its CSRF token');
+    return mintCsrfToken(
+      request.ctx.app.keys,
+      request.tenantId,
+      record.id,
+      record.tokenIssuedAt.getTime(),
+    );
   }
 
   /** The live sessions of a user (default: the current user), for a "your devices" page. */

@@ -88,7 +88,10 @@ export class Browser {
       headers.cookie = [...this.cookies].map(([name, value]) => `${name}=${value}`).join('; ');
     }
     let body: string | undefined;
-    if (init.body !== undefined) {
+    if (init.body instanceof URLSearchParams) {
+      body = init.body.toString();
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+    } else if (init.body !== undefined) {
       body = JSON.stringify(init.body);
       headers['content-type'] = 'application/json';
     }
