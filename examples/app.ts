@@ -44,7 +44,8 @@ export function createDemoApp(
   const app = new Koa();
   app.keys = [process.env.SESSION_SECRET ?? 'demo secret: set SESSION_SECRET in production'];
   app.proxy = demo.proxy ?? false;
-  const middleware = sessions({ maxSessionsPerUser: 5, ...options });
+  // Every form carries a token of its session (README, "CSRF tokens bound to the session").
+  const middleware = sessions({ maxSessionsPerUser: 5, csrf: { formLimit: 16_384 }, ...options });
 
   app.use(errorPages);
   app.use(middleware);
@@ -56,8 +57,8 @@ export function createDemoApp(
     ctx.set('cache-control', 'public, max-age=86400');
     ctx.body = FAVICON_SVG;
   });
-  router.get('/', (ctx) => {
-    ctx.body = homePage(visitor(ctx), cartAndCount(ctx));
+  router.get('/', async (ctx) => {
+    ctx.body = homePage(await visitor(ctx), cartAndCount(ctx));
   });
   router.post('/counter', (ctx) => {
     ctx.session!.count = Number(ctx.session!.count ?? 0) + 1;
@@ -79,7 +80,7 @@ export function createDemoApp(
     if (error) {
       // The form again, with the reason beside the field and the real status.
       ctx.status = 400;
-      ctx.body = homePage(visitor(ctx), cartAndCount(ctx), { error, value: user });
+      ctx.body = homePage(await visitor(ctx), cartAndCount(ctx), { error, value: user });
       return;
     }
     ctx.sessions.bindUser(user); // also issues a new token: no session fixation
@@ -91,7 +92,7 @@ export function createDemoApp(
     ctx.redirect('/');
   });
   router.get('/devices', async (ctx) => {
-    ctx.body = devicesPage(visitor(ctx), await ctx.sessions.listForUser());
+    ctx.body = devicesPage(await visitor(ctx), await ctx.sessions.listForUser());
   });
   router.post('/devices/revoke-others', async (ctx) => {
     const user = ctx.sessions.userId;
@@ -102,7 +103,7 @@ export function createDemoApp(
         if (confirmed !== user) {
           ctx.status = 400;
           ctx.body = confirmIdentityPage(
-            visitor(ctx),
+            await visitor(ctx),
             STEP_UP_MAX_AGE / 60_000,
             'That is not the name you signed in with.',
           );
@@ -115,7 +116,7 @@ export function createDemoApp(
       } catch (error) {
         if (!(error instanceof SessionReauthenticationRequiredError)) throw error;
         ctx.status = 401;
-        ctx.body = confirmIdentityPage(visitor(ctx), STEP_UP_MAX_AGE / 60_000);
+        ctx.body = confirmIdentityPage(await visitor(ctx), STEP_UP_MAX_AGE / 60_000);
         return;
       }
       const count = await ctx.sessions.revokeUser(user, {
@@ -175,9 +176,12 @@ async function errorPages(ctx: Koa.Context, next: Koa.Next): Promise<void> {
     if (status >= 500) ctx.app.emit('error', error, ctx);
     ctx.status = status;
     ctx.type = 'html';
+    // The session middleware may not have run (a database outage): no user shown. A
+    // signed-in user's page keeps its "Log out" form working (a token, when one can be had).
+    const userId = ctx.sessions?.userId ?? null;
+    const csrf = userId ? await ctx.sessions.csrfToken().catch(() => undefined) : undefined;
     ctx.body = errorPage(
-      // The session middleware may not have run (a database outage): no user shown.
-      { userId: ctx.sessions?.userId ?? null },
+      { userId, csrf },
       status,
       failure.expose && failure.message
         ? failure.message
@@ -186,8 +190,13 @@ async function errorPages(ctx: Koa.Context, next: Koa.Next): Promise<void> {
   }
 }
 
-function visitor(ctx: Koa.Context): Visitor {
-  return { userId: ctx.sessions.userId, notice: ctx.state.notice as Notice | undefined };
+/** The visitor of a page with forms: its session is saved now if new, for the forms' token. */
+async function visitor(ctx: Koa.Context): Promise<Visitor> {
+  return {
+    userId: ctx.sessions.userId,
+    notice: ctx.state.notice as Notice | undefined,
+    csrf: await ctx.sessions.csrfToken(),
+  };
 }
 
 function cartAndCount(ctx: Koa.Context): { count: number; cart: string[] } {
@@ -198,7 +207,15 @@ function cartAndCount(ctx: Koa.Context): { count: number; cart: string[] } {
   };
 }
 
+/** The posted form: parsed already by the CSRF check (urlencoded), else read here. */
 async function form(ctx: Koa.Context): Promise<URLSearchParams> {
+  const parsed = (ctx.request as { body?: unknown }).body;
+  if (parsed && typeof parsed === 'object') {
+    const fields = Object.entries(parsed).filter(
+      (entry): entry is [string, string] => typeof entry[1] === 'string',
+    );
+    return new URLSearchParams(fields);
+  }
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of ctx.req) {

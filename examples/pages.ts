@@ -8,6 +8,15 @@ import { type DeviceDescription, describeUserAgent, deviceTitle } from './user-a
 export interface Visitor {
   readonly userId: string | null;
   readonly notice?: Notice;
+  /** A CSRF token of the visitor's session: every form carries it (option `csrf`). */
+  readonly csrf?: string;
+}
+
+/** The hidden field that proves a form came from one of our pages. */
+function csrfField(visitor: Visitor): string {
+  return visitor.csrf
+    ? `<input type="hidden" name="_csrf" value="${escapeHtml(visitor.csrf)}">`
+    : '';
 }
 
 /** A key, a little circle: the favicon, so the browser finds one. */
@@ -67,7 +76,7 @@ export function layout(title: string, visitor: Visitor, content: string): string
   const navigation = userId
     ? `<nav aria-label="Account"><span class="muted">Signed in as <b class="user">${escapeHtml(userId)}</b></span>
        <a href="/devices">Your devices</a>
-       <form method="post" action="/logout"><button class="link">Log out</button></form></nav>`
+       <form method="post" action="/logout">${csrfField(visitor)}<button class="link">Log out</button></form></nav>`
     : `<nav aria-label="Account"><span class="muted">Not signed in</span></nav>`;
   const banner = notice
     ? `<p class="notice ${noticeTone(notice)}" role="status">${noticeHtml(notice)}</p>`
@@ -93,12 +102,15 @@ ${content}
 }
 
 /** The sign-in form; `error` marks the field (the 400 answer re-renders it). */
-export function signInForm(options: { returnTo?: string; error?: string; value?: string } = {}) {
+export function signInForm(
+  visitor: Visitor,
+  options: { returnTo?: string; error?: string; value?: string } = {},
+) {
   const { returnTo = '/', error, value = '' } = options;
   return `<section class="card" aria-labelledby="sign-in">
   <h2 id="sign-in">Sign in</h2>
   <p class="muted">Any name will do: authentication is the application's job; the session library keeps who signed in.</p>
-  <form class="inline" method="post" action="/login">
+  <form class="inline" method="post" action="/login">${csrfField(visitor)}
     <input type="hidden" name="return" value="${escapeHtml(returnTo)}">
     <div class="field"><label for="user">User name</label>
       <input id="user" name="user" autocomplete="username" required maxlength="${MAX_USER_NAME}" value="${escapeHtml(value)}"${
@@ -127,7 +139,7 @@ export function confirmIdentityPage(
     `<section class="card" aria-labelledby="confirm">
   <h2 id="confirm">Confirm it is you</h2>
   <p>You signed in more than ${maxAgeMinutes} minutes ago. To log out everywhere else, enter your user name again.</p>
-  <form class="inline" method="post" action="/devices/revoke-others">
+  <form class="inline" method="post" action="/devices/revoke-others">${csrfField(visitor)}
     <div class="field"><label for="confirm-user">User name</label>
       <input id="confirm-user" name="user" autocomplete="username" required maxlength="${MAX_USER_NAME}"${
         error ? ' aria-invalid="true" aria-describedby="confirm-error"' : ''
@@ -157,14 +169,14 @@ export function homePage(
     ? `<section class="card"><h2>Your account</h2>
         <p>Signed in as <b class="user">${escapeHtml(visitor.userId)}</b>. The counter and the cart came along when you signed in.</p>
         <p><a href="/devices">See the devices signed in to your account</a></p></section>`
-    : signInForm({ returnTo: '/', ...signIn });
+    : signInForm(visitor, { returnTo: '/', ...signIn });
   return layout(
     visitor.userId ? 'Welcome back' : 'Welcome',
     visitor,
     `${account}
 <section class="card" aria-labelledby="counter">
   <h2 id="counter">Counter</h2>
-  <form class="counter" method="post" action="/counter">
+  <form class="counter" method="post" action="/counter">${csrfField(visitor)}
     <span class="count" aria-live="polite">${session.count}</span>
     <button class="secondary">Count</button>
   </form>
@@ -172,7 +184,7 @@ export function homePage(
 <section class="card" aria-labelledby="cart">
   <h2 id="cart">Cart</h2>
   ${cart}
-  <form class="inline" method="post" action="/cart">
+  <form class="inline" method="post" action="/cart">${csrfField(visitor)}
     <div class="field"><label for="item">Item</label><input id="item" name="item" required maxlength="100"></div>
     <button class="secondary">Add to cart</button>
   </form>
@@ -191,7 +203,7 @@ export function devicesPage(
       'Your devices',
       visitor,
       `<p>Sign in to see the devices signed in to your account, and to sign them out.</p>
-       ${signInForm({ returnTo: '/devices' })}`,
+       ${signInForm(visitor, { returnTo: '/devices' })}`,
     );
   }
   const sorted = [...devices].sort((a, b) => Number(b.current) - Number(a.current));
@@ -201,17 +213,21 @@ export function devicesPage(
     visitor,
     `<p class="muted">Where <b class="user">${escapeHtml(visitor.userId)}</b> is signed in. Sign out a device you don't recognise.</p>
 <section class="card" aria-label="Signed-in devices">
-  <ul class="devices">${sorted.map((device) => deviceItem(device, now)).join('')}</ul>
+  <ul class="devices">${sorted.map((device) => deviceItem(visitor, device, now)).join('')}</ul>
 </section>
 <div class="actions">${
       others > 0
-        ? `<form method="post" action="/devices/revoke-others"><button class="danger">Log out everywhere else</button></form>`
+        ? `<form method="post" action="/devices/revoke-others">${csrfField(visitor)}<button class="danger">Log out everywhere else</button></form>`
         : '<p class="muted">No other device is signed in.</p>'
     }<a href="/">Back to the demo</a></div>`,
   );
 }
 
-function deviceItem(device: DeviceSession & { current: boolean }, now: Date): string {
+function deviceItem(
+  visitor: Visitor,
+  device: DeviceSession & { current: boolean },
+  now: Date,
+): string {
   const description = describeUserAgent(device.userAgent);
   // The name its user gave it, else what its browser says it is.
   const title = device.name ?? deviceTitle(description);
@@ -227,12 +243,12 @@ function deviceItem(device: DeviceSession & { current: boolean }, now: Date): st
     }</p>
     <p class="meta">${lastActive} · signed in ${timeTag(device.createdAt, now)}</p>
   </div>
-  <form class="rename" method="post" action="/devices/${device.id}/rename">
+  <form class="rename" method="post" action="/devices/${device.id}/rename">${csrfField(visitor)}
     <label class="muted" for="name-${device.id}">Name</label>
     <input id="name-${device.id}" name="name" maxlength="100" placeholder="Name this device" value="${escapeHtml(device.name ?? '')}">
     <button class="secondary">Rename</button>
   </form>
-  <form method="post" action="/devices/${device.id}/revoke">
+  <form method="post" action="/devices/${device.id}/revoke">${csrfField(visitor)}
     <button class="secondary" aria-label="Sign out ${escapeHtml(title)}${device.current ? ' (this device)' : ''}">Sign out</button>
   </form>
 </li>`;
@@ -252,6 +268,7 @@ function deviceIcon(kind: DeviceDescription['kind']): string {
 export function errorPage(visitor: Visitor, status: number, message: string): string {
   const titles: Record<number, string> = {
     400: 'That did not work',
+    403: 'That form has expired',
     404: 'Page not found',
     405: 'Not here',
     409: 'Try again',

@@ -126,10 +126,10 @@ export class SessionReauthenticationRequiredError extends SessionError {
 /**
  * A state-changing request (POST, PUT, PATCH, DELETE by default) without a CSRF token
  * of its session, with `csrf` on: 403, before the handler ran, nothing written.
- * `reason`: `missing` (no header, no form field), `malformed`, `no-session` (the
- * request has no live session: it ended, or the cookie was never sent), `mismatch`
- * (forged, or another session's), `rotated` (minted before a rotation whose grace has
- * passed: render the form again).
+ * `reason`: `missing` (no header, no form field), `malformed`, `no-session` (no
+ * session came with the request, or one that is gone; a revoked or expired one still
+ * accepts its own forms' tokens), `mismatch` (forged, or another session's), `rotated`
+ * (minted before a rotation whose grace has passed: render the form again).
  */
 export class SessionCsrfError extends SessionError {
   override readonly name = 'SessionCsrfError';

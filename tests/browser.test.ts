@@ -2,6 +2,7 @@
 // contexts as the devices of one user. Without Chromium this file says in one line what
 // to install and passes, so `npm test` runs everything else; under CI it fails instead.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -117,7 +118,7 @@ function browserSuite(): void {
   }
 
   test.serial(
-    'a first visit: the sign-in form with labels, no cookie, no console error',
+    'a first visit: the sign-in form with labels, one session for its forms, no console error',
     async (t) => {
       const visitor = await device(t);
       const response = await visitor.page.goto('/');
@@ -131,7 +132,10 @@ function browserSuite(): void {
         'width=device-width, initial-scale=1',
       );
       t.is(await notice(visitor.page).count(), 0);
-      t.deepEqual(await visitor.context.cookies(), [], 'nothing written, nothing stored');
+      // The forms carry a CSRF token of the visitor's session: the page saves one.
+      t.truthy(await sessionCookie(visitor.context));
+      const token = await visitor.page.locator('form[action="/login"] input[name=_csrf]');
+      t.regex((await token.getAttribute('value')) ?? '', /^[A-Za-z0-9_-]{50,}$/);
       t.deepEqual(visitor.errors, []);
     },
   );
@@ -244,6 +248,7 @@ function browserSuite(): void {
       await signIn(page, 'barbara');
     }
     await laptop.page.goto('/devices');
+    const signedIn = await sessionCookie(laptop.context);
     await laptop.page.getByRole('button', { name: /\(this device\)$/ }).click();
     t.is(new URL(laptop.page.url()).pathname, '/');
     t.is(
@@ -251,7 +256,8 @@ function browserSuite(): void {
       'You signed out this device. Your other devices stay signed in.',
     );
     t.is(await accountBar(laptop.page).textContent(), 'Not signed in');
-    t.is(await sessionCookie(laptop.context), undefined, 'the cookie is gone');
+    // The home page's forms need a session: a new, anonymous one replaced the cookie.
+    t.not((await sessionCookie(laptop.context))?.value, signedIn?.value, 'the cookie is gone');
 
     await desktop.page.goto('/devices');
     t.is(await desktop.page.locator('li.device').count(), 1, 'the desktop is left');
@@ -407,6 +413,34 @@ function browserSuite(): void {
     },
   );
 
+  test.serial(
+    'a form posted from another origin of the same site is refused; without csrf it would land',
+    async (t) => {
+      // 127.0.0.1 on another port: another origin, the same site, so the browser sends
+      // the SameSite=Lax cookie with the cross-origin POST (as from a sibling subdomain).
+      const unprotected = await startDemo({ csrf: false });
+      for (const [target, expected] of [
+        [baseUrl, 403],
+        [unprotected, 302],
+      ] as const) {
+        const victim = await device(t, {}, target);
+        await victim.page.goto('/');
+        await signIn(victim.page, 'whitfield');
+        const attacker = await attackerSite(target);
+        t.teardown(attacker.close);
+        const [landed] = await Promise.all([
+          victim.page.waitForResponse((response) => response.url() === `${target}/cart`),
+          victim.page.goto(attacker.url),
+        ]);
+        t.is(landed.status(), expected, target);
+        await victim.page.goto('/');
+        const cart = await victim.page.locator('ul.items li').allTextContents();
+        t.deepEqual(cart, expected === 403 ? [] : ['planted by another site'], target);
+        t.regex((await accountBar(victim.page).textContent()) ?? '', /Signed in as whitfield/);
+      }
+    },
+  );
+
   test.serial('screenshots of the devices page at 390 px and at desktop width', async (t) => {
     const outDir = await mkdtemp(join(tmpdir(), 'pg-sessions-screenshots-'));
     t.teardown(() => rm(outDir, { recursive: true, force: true }));
@@ -424,6 +458,22 @@ function browserSuite(): void {
     const widths = await Promise.all(files.map(async (file) => pngWidth(await readFile(file))));
     t.deepEqual(widths, [1280, 780], 'desktop at 1x, the phone at 390 px and 2x');
   });
+}
+
+/** Another origin of the same site: a page whose form posts to the demo by itself. */
+async function attackerSite(target: string): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = createServer((_request, response) => {
+    response.setHeader('content-type', 'text/html');
+    response.end(`<!doctype html><title>Win a prize</title>
+<form method="post" action="${target}/cart"><input name="item" value="planted by another site"></form>
+<script>document.forms[0].submit()</script>`);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }
 
 /**

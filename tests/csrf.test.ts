@@ -166,6 +166,59 @@ test('a state-changing request without a session is refused; reads are never che
   }
 });
 
+test('a revoked session’s own form still posts, in a fresh session; another’s token does not', async (t) => {
+  const server = await app();
+  try {
+    const browser = new Browser(server.url);
+    const { id, token } = (await browser.get('/form')).body as { id: string; token: string };
+    const stranger = ((await new Browser(server.url).get('/form')).body as { token: string }).token;
+    await admin.query(
+      "UPDATE sessions.session SET revoked_at = now(), revoked_reason = 'test' WHERE id = $1",
+      [id],
+    );
+    // The node's cache drops the row on the notification.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const forged = await browser.clone().request('/set', {
+      method: 'POST',
+      headers: { 'x-csrf-token': stranger },
+      body: { value: 'x' },
+    });
+    t.is(forged.status, 403);
+    const missing = await browser.clone().post('/set', { value: 'x' });
+    t.is(missing.status, 403);
+    const own = await browser.request('/set', {
+      method: 'POST',
+      headers: { 'x-csrf-token': token },
+      body: { value: 'after revocation' },
+    });
+    t.is(own.status, 200);
+    const after = (await browser.get('/get')).body as { id: string; data: unknown };
+    t.not(after.id, id, 'a fresh session');
+    t.deepEqual(after.data, { value: 'after revocation' });
+  } finally {
+    await server.close();
+  }
+});
+
+test('a token spelt another way (trailing bits a decoder ignores) is refused', async (t) => {
+  const server = await app();
+  try {
+    const browser = new Browser(server.url);
+    const { token } = (await browser.get('/form')).body as { token: string };
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const last = alphabet.indexOf(token.at(-1)!);
+    // 80 bytes are 107 characters: the last one carries 4 bits and 2 unused ones.
+    const respelt = token.slice(0, -1) + alphabet[last ^ 1];
+    t.deepEqual(Buffer.from(respelt, 'base64url'), Buffer.from(token, 'base64url'));
+    const post = (value: string) =>
+      browser.request('/set', { method: 'POST', headers: { 'x-csrf-token': value }, body: {} });
+    t.is((await post(respelt)).status, 403);
+    t.is((await post(token)).status, 200);
+  } finally {
+    await server.close();
+  }
+});
+
 test('a token of the session verifies on another node, cache or none, both ways', async (t) => {
   const a = await app();
   const b = await app({ cache: false });

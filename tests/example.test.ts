@@ -36,7 +36,18 @@ test.after.always(async () => {
   await db?.drop();
 });
 
-async function formPost(browser: Browser, path: string, fields: Record<string, string> = {}) {
+/**
+ * Submits a form as a browser does after opening a page of the demo: the page's CSRF
+ * token (its hidden `_csrf` field) goes with the fields, the cookies both ways.
+ */
+async function formSubmit(
+  browser: Browser,
+  path: string,
+  fields: Record<string, string> = {},
+  options: { token?: string | false } = {},
+): Promise<Response> {
+  const token = options.token ?? (await pageToken(browser));
+  const body = new URLSearchParams(token === false ? fields : { _csrf: token, ...fields });
   const response = await fetch(`${baseUrl}${path}`, {
     method: 'POST',
     redirect: 'manual',
@@ -44,7 +55,7 @@ async function formPost(browser: Browser, path: string, fields: Record<string, s
       'content-type': 'application/x-www-form-urlencoded',
       cookie: [...browser.cookies].map(([name, value]) => `${name}=${value}`).join('; '),
     },
-    body: new URLSearchParams(fields).toString(),
+    body: body.toString(),
   });
   for (const line of response.headers.getSetCookie()) {
     const [pair = ''] = line.split(';');
@@ -52,7 +63,19 @@ async function formPost(browser: Browser, path: string, fields: Record<string, s
     if (value === '' || /expires=Thu, 01 Jan 1970/i.test(line)) browser.cookies.delete(name);
     else browser.cookies.set(name, value);
   }
-  return response.status;
+  return response;
+}
+
+async function formPost(browser: Browser, path: string, fields: Record<string, string> = {}) {
+  return (await formSubmit(browser, path, fields)).status;
+}
+
+/** The CSRF token of the home page as this browser sees it (every form carries one). */
+async function pageToken(browser: Browser): Promise<string> {
+  const page = (await browser.get('/')).body as string;
+  const token = /name="_csrf" value="([A-Za-z0-9_-]+)"/.exec(page)?.[1];
+  if (!token) throw new Error('the home page has no form with a CSRF token');
+  return token;
 }
 
 const signedInAs = (user: string) => new RegExp(`Signed in as <b class="user">${user}</b>`);
@@ -138,12 +161,7 @@ test.serial(
       `UPDATE sessions.session SET authenticated_at = now() - interval '10 minutes' WHERE id = $1`,
       [laptopId],
     );
-    const asked = await fetch(`${baseUrl}/devices/revoke-others`, {
-      method: 'POST',
-      headers: {
-        cookie: [...laptop.cookies].map(([name, value]) => `${name}=${value}`).join('; '),
-      },
-    });
+    const asked = await formSubmit(laptop, '/devices/revoke-others');
     t.is(asked.status, 401);
     t.regex(await asked.text(), /Confirm it is you[\s\S]*more than 5 minutes ago/);
     t.regex((await phone.get('/')).body as string, signedInAs('margaret'), 'nothing ended yet');
@@ -185,6 +203,36 @@ test.serial('a device is named on the devices page, by its own user only', async
   t.notRegex((await laptop.get('/devices')).body as string, /Hedy’s phone/);
 });
 
+test.serial(
+  'a form without its session’s token is refused with a page and changes nothing',
+  async (t) => {
+    const user = new Browser(baseUrl);
+    t.is(await formPost(user, '/login', { user: 'joan' }), 302);
+    t.is(await formPost(user, '/counter'), 302);
+    const attacker = new Browser(baseUrl);
+    const attackersToken = await pageToken(attacker);
+    for (const token of [false, attackersToken, 'forged'] as const) {
+      const refused = await formSubmit(user, '/cart', { item: 'planted' }, { token });
+      t.is(refused.status, 403, String(token));
+      const page = await refused.text();
+      t.regex(page, /That form has expired/);
+      // The refusal page keeps its "Log out" form working: it carries a fresh token.
+      t.regex(page, /action="\/logout"><input type="hidden" name="_csrf" value="[A-Za-z0-9_-]+">/);
+    }
+    const home = (await user.get('/')).body as string;
+    t.regex(home, signedInAs('joan'));
+    t.regex(home, /<span class="count" aria-live="polite">1<\/span>/);
+    t.regex(home, /Your cart is empty\./);
+    // Every form of the page carries the token, each page a new one.
+    const forms = [
+      ...home.matchAll(/<form [^>]*method="post"[^>]*>([^<]*<input type="hidden" name="_csrf")?/g),
+    ];
+    t.true(forms.length >= 3);
+    t.true(forms.every((form) => form[1] !== undefined));
+    t.not(await pageToken(user), await pageToken(user));
+  },
+);
+
 test.serial('signed out, the devices page lists nothing and offers the sign-in form', async (t) => {
   const page = (await new Browser(baseUrl).get('/devices')).body as string;
   t.regex(page, /Sign in to see the devices/);
@@ -194,11 +242,7 @@ test.serial('signed out, the devices page lists nothing and offers the sign-in f
 
 test.serial('errors are pages with their real status and a sentence', async (t) => {
   const visitor = new Browser(baseUrl);
-  const empty = await fetch(`${baseUrl}/login`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: 'user=%20%20',
-  });
+  const empty = await formSubmit(visitor, '/login', { user: '  ' });
   t.is(empty.status, 400);
   t.regex(await empty.text(), /Enter a user name to sign in\./);
   for (const path of ['/login', '/logout']) {

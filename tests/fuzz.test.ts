@@ -151,6 +151,7 @@ function hostileHeaders(random: Random, issued: readonly string[]): Record<strin
 interface Answer {
   readonly status: number;
   readonly setCookie: readonly string[];
+  readonly body?: string;
 }
 
 /**
@@ -187,10 +188,143 @@ function send(
   });
 }
 
+/** One request with a body (form or JSON), through the same retry as {@link send}. */
+function sendBody(
+  agent: Agent,
+  url: URL,
+  headers: Record<string, string>,
+  body: string,
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const outgoing = request(url, { method: 'POST', headers, agent }, (response) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      response.once('end', () =>
+        resolve({ status: response.statusCode ?? 0, setCookie: [], body: text }),
+      );
+    });
+    outgoing.once('error', reject);
+    outgoing.end(body);
+  });
+}
+
 function collectGarbage(): void {
   setFlagsFromString('--expose-gc');
   (runInNewContext('gc') as () => void)();
 }
+
+// Forged, missing and mangled CSRF tokens on a real session, in a form or a header,
+// in merge mode and in lock mode with request transactions: every one refused with a
+// 4xx and nothing written; every real token accepted. Serial: it runs before the heap
+// measurement below, not beside it.
+test.serial(
+  'forged and missing CSRF tokens: refused with a 4xx, nothing written; real ones pass',
+  async (t) => {
+    t.timeout(120_000);
+    const random = new Random(SEED + 1);
+    const csrfApps: TestApp[] = [];
+    for (const shape of [{ mode: 'merge' }, { mode: 'lock', transaction: 'request' }] as const) {
+      csrfApps.push(
+        await startApp(
+          { database: db.appUrl, gc: false, csrf: { formLimit: 2048 }, ...shape },
+          (router) => {
+            router.get('/token', async (ctx) => {
+              ctx.body = await ctx.sessions.csrfToken();
+            });
+            router.post('/write', (ctx) => {
+              ctx.session!.count = Number(ctx.session!.count ?? 0) + 1;
+              ctx.body = String(ctx.session!.count);
+            });
+            router.get('/count', (ctx) => {
+              ctx.body = String(ctx.session?.count ?? 0);
+            });
+          },
+        ),
+      );
+    }
+    const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+    try {
+      for (const app of csrfApps) {
+        const get = async (path: string, cookie?: string) => {
+          const response = await fetch(new URL(path, app.url), {
+            headers: cookie ? { cookie } : {},
+          });
+          const cookies = response.headers.getSetCookie().map((line) => line.split(';')[0]);
+          return { text: await response.text(), cookie: cookies.join('; ') || cookie };
+        };
+        const victim = await get('/token');
+        const cookie = victim.cookie!;
+        const valid = [victim.text];
+        for (let index = 0; index < 20; index++) valid.push((await get('/token', cookie)).text);
+        const others = [(await get('/token')).text, (await get('/token')).text];
+        const mangle = (token: string): string => {
+          const at = random.int(0, token.length - 1);
+          const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+          const replacement = random.pick([...alphabet.replace(token[at]!, '')]);
+          return random.pick([
+            () => token.slice(0, at) + replacement + token.slice(at + 1),
+            () => token.slice(0, at),
+            () => token + replacement,
+            () => token.slice(1) + token[0],
+          ])();
+        };
+        const forged = (): string =>
+          random.pick([
+            () => mangle(random.pick(valid)),
+            () => random.pick(others),
+            () => randomBytes(random.int(1, 90)).toString('base64url'),
+            () => junk(random, 120),
+            () => 'A'.repeat(random.int(1, 4000)),
+            () => `${random.pick(valid)} ${random.pick(valid)}`,
+          ])();
+        let accepted = 0;
+        const unexpected: string[] = [];
+        const statuses = new Map<number, number>();
+        for (let index = 0; index < 1_500; index++) {
+          const honest = random.chance(0.2);
+          const token = honest ? random.pick(valid) : forged();
+          const headers: Record<string, string> = { cookie };
+          let body = '';
+          const carrier = random.pick(['header', 'form', 'form-twice', 'none', 'json'] as const);
+          if (carrier === 'header') headers['x-csrf-token'] = token;
+          if (carrier.startsWith('form')) {
+            headers['content-type'] = 'application/x-www-form-urlencoded';
+            const field = `_csrf=${encodeURIComponent(token)}`;
+            // A field given twice is an array, never a token: refused even when one is real.
+            body =
+              carrier === 'form-twice'
+                ? `${field}&_csrf=${encodeURIComponent(random.pick(valid))}`
+                : field;
+            if (random.chance(0.1)) body += `&pad=${'x'.repeat(random.int(0, 3000))}`;
+          }
+          if (carrier === 'json') {
+            headers['content-type'] = 'application/json';
+            body = JSON.stringify({ _csrf: token });
+          }
+          const answer = await sendBody(agent, new URL('/write', app.url), headers, body);
+          statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
+          const shouldPass =
+            honest && (carrier === 'header' || (carrier === 'form' && body.length <= 2048));
+          if (answer.status === 200) accepted++;
+          const ok = shouldPass ? answer.status === 200 : [400, 403, 413].includes(answer.status);
+          if (!ok && unexpected.length < 5) {
+            unexpected.push(`${answer.status} ${carrier} ${honest} ${token.slice(0, 60)}`);
+          }
+        }
+        t.log(`${app.url}: ${[...statuses].map(([status, n]) => `${status}×${n}`).join(' ')}`);
+        t.deepEqual(unexpected, []);
+        t.true(accepted > 100);
+        t.is(Number((await get('/count', cookie)).text), accepted, 'a write per accepted request');
+      }
+    } finally {
+      agent.destroy();
+      for (const app of csrfApps) await app.close();
+    }
+  },
+);
 
 test('50,000 hostile requests over every mode, with and without app.proxy: no 5xx, heap flat', async (t) => {
   t.timeout(240_000);

@@ -112,32 +112,44 @@ export type CsrfRefusal = 'missing' | 'malformed' | 'no-session' | 'mismatch' | 
 /**
  * Checks a presented token against the request's session: undefined when it belongs
  * to it, else why not. A token of the generation before the current one is accepted
- * until `rotationGrace` after the rotation (forms rendered just before a sign-in).
+ * until `rotationGrace` after the rotation (forms rendered just before a sign-in). A
+ * request whose session has ended (revoked, expired: `ctx.sessions.ended`) may still
+ * send the form a page of that session rendered: it runs in a fresh session, with no
+ * authority left to abuse, and the application can tell the user why they were signed
+ * out instead of refusing the form.
  */
 export function verifyCsrfToken(
   request: RequestSession,
   presented: string | undefined,
 ): CsrfRefusal | undefined {
   const record = request.destroyed ? undefined : request.record;
-  if (!record) return 'no-session';
+  const sessionId = record?.id ?? request.ended?.id;
+  if (sessionId === undefined) return 'no-session';
   if (presented === undefined || presented.length === 0) return 'missing';
-  if (presented.length > MAX_TOKEN_LENGTH || !/^[A-Za-z0-9_-]+$/.test(presented)) {
-    return 'malformed';
-  }
-  const bytes = Buffer.from(presented, 'base64url');
-  const half = bytes.length / 2;
-  if (!Number.isInteger(half) || half < ISSUED_BYTES + MIN_DIGEST_BYTES) return 'malformed';
-  const payload = bytes.subarray(half);
-  xorInto(payload, bytes.subarray(0, half));
-  const issuedAtMs = payload.readDoubleBE(0);
-  const current = record.tokenIssuedAt.getTime();
+  const decoded = decode(presented);
+  if (!decoded) return 'malformed';
+  const { issuedAtMs, digest } = decoded;
   const signer = signerFor(request.ctx.app.keys);
-  const digest = payload.subarray(ISSUED_BYTES);
-  if (!signer.verify(message(request.tenantId, record.id, issuedAtMs), digest)) return 'mismatch';
+  if (!signer.verify(message(request.tenantId, sessionId, issuedAtMs), digest)) return 'mismatch';
+  if (!record) return undefined;
+  const current = record.tokenIssuedAt.getTime();
   if (issuedAtMs === current) return undefined;
   const { rotationGrace } = request.services.options;
   // An earlier generation: valid while the rotation that retired it is within its grace.
   return issuedAtMs < current && Date.now() <= current + rotationGrace ? undefined : 'rotated';
+}
+
+/** A presented token unmasked, or undefined when it is not the shape of one. */
+function decode(presented: string): { issuedAtMs: number; digest: Buffer } | undefined {
+  if (presented.length > MAX_TOKEN_LENGTH || !/^[A-Za-z0-9_-]+$/.test(presented)) return undefined;
+  const bytes = Buffer.from(presented, 'base64url');
+  // Canonical only: trailing bits a decoder ignores would make two spellings of one token.
+  if (bytes.toString('base64url') !== presented) return undefined;
+  const half = bytes.length / 2;
+  if (!Number.isInteger(half) || half < ISSUED_BYTES + MIN_DIGEST_BYTES) return undefined;
+  const payload = bytes.subarray(half);
+  xorInto(payload, bytes.subarray(0, half));
+  return { issuedAtMs: payload.readDoubleBE(0), digest: payload.subarray(ISSUED_BYTES) };
 }
 
 /** True when this request must carry a token: a guarded method, not bearer, not ignored. */
