@@ -3,6 +3,11 @@
  * @module
  */
 export { type PostgresBinaries, resolveBinaries } from './binaries.js';
+export {
+  CitusCluster,
+  type CitusClusterOptions,
+  startCitusCluster,
+} from './citus-cluster.js';
 export { Cluster, type ClusterOptions, type SynchronousMode, startCluster } from './cluster.js';
 export { PostgresServer, type PostgresServerOptions } from './postgres-server.js';
 export {
