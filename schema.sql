@@ -121,7 +121,7 @@ CREATE POLICY auditor_reads_all ON sessions.session FOR SELECT TO sessions_audit
 CREATE POLICY tenant_isolation ON sessions.session USING ((tenant_id = current_setting('sessions.tenant'::text, true))) WITH CHECK ((tenant_id = current_setting('sessions.tenant'::text, true)));
 GRANT SELECT, UPDATE, DELETE ON TABLE sessions.session TO sessions_admin;
 GRANT SELECT, DELETE ON TABLE sessions.session TO sessions_app;
-GRANT INSERT (tenant_id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent, authenticated_at) ON TABLE sessions.session TO sessions_app;
+GRANT INSERT (tenant_id, id, token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, ip, user_agent, authenticated_at) ON TABLE sessions.session TO sessions_app;
 GRANT UPDATE (token_hash, user_id, data, last_seen_at, idle_expires_at, absolute_expires_at, revoked_at, revoked_reason, token_issued_at, authenticated_at, device_name) ON TABLE sessions.session TO sessions_app;
 GRANT SELECT (tenant_id, id, user_id, version, created_at, updated_at, last_seen_at, idle_expires_at, absolute_expires_at, expires_at, revoked_at, revoked_reason, ip, user_agent, token_issued_at) ON TABLE sessions.session TO sessions_auditor;
 
@@ -268,6 +268,40 @@ $function$;
 REVOKE EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean) TO sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean) TO sessions_app;
+
+CREATE OR REPLACE FUNCTION sessions.create_session(tenant text, actor text, new_token_hash bytea, new_data jsonb, new_user_id text, client_ip inet, client_user_agent text, idle_timeout interval, absolute_timeout interval, relaxed boolean, new_id uuid)
+ RETURNS TABLE(id uuid, version bigint, created_ms double precision, last_seen_ms double precision, idle_expires_ms double precision, absolute_expires_ms double precision, token_issued_ms double precision)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+DECLARE
+  created sessions.session;
+BEGIN
+  PERFORM set_config('sessions.tenant', tenant, true), set_config('sessions.actor', actor, true);
+  IF relaxed AND new_user_id IS NULL THEN
+    PERFORM set_config('synchronous_commit', 'off', true);
+  END IF;
+  -- Announced after the commit (log_insert, notify_deferred), like a data write.
+  PERFORM set_config('sessions.defer_notify', 'on', true);
+  INSERT INTO sessions.session AS s (tenant_id, id, token_hash, user_id, data, idle_expires_at,
+                                     absolute_expires_at, ip, user_agent, authenticated_at)
+  VALUES (tenant, coalesce(new_id, gen_random_uuid()), new_token_hash, new_user_id, new_data,
+          now() + least(idle_timeout, absolute_timeout), now() + absolute_timeout,
+          client_ip, client_user_agent,
+          CASE WHEN new_user_id IS NOT NULL THEN now() END)
+  RETURNING s.* INTO created;
+  RETURN QUERY
+    SELECT created.id, created.version, (extract(epoch FROM created.created_at) * 1000)::float8,
+           (extract(epoch FROM created.last_seen_at) * 1000)::float8,
+           (extract(epoch FROM created.idle_expires_at) * 1000)::float8,
+           (extract(epoch FROM created.absolute_expires_at) * 1000)::float8,
+           (extract(epoch FROM created.token_issued_at) * 1000)::float8;
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean,uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean,uuid) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.create_session(text,text,bytea,jsonb,text,inet,text,interval,interval,boolean,uuid) TO sessions_app;
 
 CREATE OR REPLACE FUNCTION sessions.current_actor()
  RETURNS text
@@ -435,6 +469,34 @@ $function$;
 REVOKE EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean) TO sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean) TO sessions_app;
+
+CREATE OR REPLACE FUNCTION sessions.lock_session(tenant text, presented_hash bytea, lock_class integer, touch_interval interval, rotate_interval interval, restore_statement_timeout boolean, session_hint uuid)
+ RETURNS TABLE(id uuid, tenant_id text, token_hash bytea, user_id text, data jsonb, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean, ended text, revoked_reason text, ended_at timestamp with time zone, in_grace boolean)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+BEGIN
+  PERFORM pg_advisory_xact_lock(lock_class, hashtext(found.id::text))
+     FROM (SELECT s.id FROM sessions.session AS s
+            WHERE s.tenant_id = tenant AND s.token_hash = presented_hash
+              AND (session_hint IS NULL OR s.id = session_hint)
+           UNION ALL
+           SELECT p.session_id FROM sessions.previous_token AS p
+            WHERE p.tenant_id = tenant AND p.token_hash = presented_hash
+              AND (session_hint IS NULL OR p.session_id = session_hint)
+           LIMIT 1) AS found;
+  IF restore_statement_timeout THEN
+    PERFORM set_config('statement_timeout', current_setting('sessions.statement_timeout'), true);
+  END IF;
+  RETURN QUERY
+    SELECT * FROM sessions.lookup_session(tenant, presented_hash, touch_interval, rotate_interval,
+                                          session_hint);
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean,uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean,uuid) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.lock_session(text,bytea,integer,interval,interval,boolean,uuid) TO sessions_app;
 
 CREATE OR REPLACE FUNCTION sessions.log_delete()
  RETURNS trigger
@@ -637,6 +699,48 @@ $function$;
 REVOKE EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) TO sessions_admin;
 GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) TO sessions_app;
+
+CREATE OR REPLACE FUNCTION sessions.lookup_session(tenant text, presented_hash bytea, touch_interval interval, rotate_interval interval, session_hint uuid)
+ RETURNS TABLE(id uuid, tenant_id text, token_hash bytea, user_id text, data jsonb, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean, ended text, revoked_reason text, ended_at timestamp with time zone, in_grace boolean)
+ LANGUAGE plpgsql
+ STABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+  RETURN QUERY
+    SELECT s.id, s.tenant_id, s.token_hash, s.user_id, s.data, s.version, s.created_at,
+           s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
+           s.last_seen_at < now() - touch_interval,
+           coalesce(s.token_issued_at <= now() - rotate_interval, false),
+           -- Revoked first: a revocation only ever ends a live row, so it is the cause.
+           CASE WHEN s.revoked_at IS NOT NULL THEN 'revoked'
+                WHEN s.expires_at <= now() THEN 'expired' END,
+           s.revoked_reason, coalesce(s.revoked_at, s.expires_at),
+           NULL::boolean
+      FROM sessions.session AS s
+     WHERE s.tenant_id = tenant AND s.token_hash = presented_hash
+       AND (session_hint IS NULL OR s.id = session_hint);
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+    SELECT s.id, s.tenant_id, s.token_hash, s.user_id, s.data, s.version, s.created_at,
+           s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,
+           s.last_seen_at < now() - touch_interval,
+           coalesce(s.token_issued_at <= now() - rotate_interval, false),
+           CASE WHEN s.revoked_at IS NOT NULL THEN 'revoked'
+                WHEN s.expires_at <= now() THEN 'expired' END,
+           s.revoked_reason, coalesce(s.revoked_at, s.expires_at),
+           p.grace_expires_at > now()
+      FROM sessions.previous_token AS p
+      JOIN sessions.session AS s ON s.tenant_id = p.tenant_id AND s.id = p.session_id
+     WHERE p.tenant_id = tenant AND p.token_hash = presented_hash
+       AND (session_hint IS NULL OR p.session_id = session_hint);
+END
+$function$;
+REVOKE EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval,uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval,uuid) TO sessions_admin;
+GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval,uuid) TO sessions_app;
 
 CREATE OR REPLACE FUNCTION sessions.network_prefix(ip inet)
  RETURNS cidr

@@ -96,9 +96,14 @@ function junk(random: Random, maxLength: number): string {
   return text;
 }
 
-/** A value with the shape of one of our tokens (43 base64url characters), never issued. */
+/**
+ * A value with the shape of one of our tokens, never issued: one that names a session
+ * (65 characters) or one of the earlier kind (43).
+ */
 function tokenShaped(): string {
-  return randomBytes(32).toString('base64url');
+  return randomBytes(Math.random() < 0.5 ? 32 : 49)
+    .toString('base64url')
+    .slice(0, 65);
 }
 
 function hostileHeaders(random: Random, issued: readonly string[]): Record<string, string> {
@@ -365,7 +370,7 @@ test('50,000 hostile requests over every mode, with and without app.proxy: no 5x
             `${answer.status} ${method} ${path} ${JSON.stringify(headers).slice(0, 300)}`,
           );
         }
-        const token = /^sid=([A-Za-z0-9_-]{43});/.exec(answer.setCookie[0] ?? '')?.[1];
+        const token = /^sid=([A-Za-z0-9_-]{65});/.exec(answer.setCookie[0] ?? '')?.[1];
         if (token && issued.length < 500) issued.push(token);
       } catch (error) {
         if (failures.length < 5) failures.push(`transport: ${(error as Error).message}`);

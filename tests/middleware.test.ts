@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import test from 'ava';
 import type pg from 'pg';
 import type { TestDatabase } from '../src/testing/index.js';
+import { sessionIdOf } from '../src/token.js';
 import { sessionRows, setupDatabase } from './helpers/database.js';
 import { Browser, startApp, type TestApp } from './helpers/http.js';
 
@@ -81,12 +82,13 @@ test('create, read, update and destroy over HTTP', async (t) => {
   t.is(created.status, 200);
   const token = tokenOf(browser);
   t.truthy(token);
-  t.regex(token!, /^[A-Za-z0-9_-]{43}$/);
+  t.regex(token!, /^[A-Za-z0-9_-]{65}$/);
   const read = await browser.get('/get');
   t.deepEqual((read.body as { data: unknown }).data, { name: 'ada', role: 'admin' });
   t.false((read.body as { isNew: boolean }).isNew);
   const id = (read.body as { id: string }).id;
   t.regex(id, /^[0-9a-f-]{36}$/);
+  t.is(sessionIdOf(token!), id, 'the token names its session');
 
   await browser.post('/set?name=grace');
   await browser.post('/delete-key?key=role');

@@ -1,4 +1,4 @@
-import { SessionConflictError, SessionTooLargeError } from '../errors.js';
+import { SessionConflictError, SessionStateError, SessionTooLargeError } from '../errors.js';
 import {
   collectChanges,
   isForcedSave,
@@ -8,7 +8,7 @@ import {
   valuesOf,
 } from '../session.js';
 import type { SessionRecord } from '../store/records.js';
-import { generateToken, hashesEqual } from '../token.js';
+import { generateToken, hashesEqual, sessionIdOf } from '../token.js';
 import { type CommitPlan, planCommit } from './commit-plan.js';
 import type { RequestSession } from './request-session.js';
 
@@ -96,7 +96,7 @@ function rotateIfDue(request: RequestSession): void {
     return;
   }
   request.get();
-  request.token = generateToken();
+  request.token = generateToken(request.record.id);
   request.rotate = true;
   request.periodicRotation = true;
 }
@@ -148,8 +148,13 @@ async function create(request: RequestSession, changes: SessionChanges): Promise
   const session = request.session!;
   const epoch = services.cache?.epoch ?? 0;
   const startedAt = performance.now();
+  // A new session's token was made for it (set(), externalKey()), or is made now; the
+  // id it names is the new row's.
   request.token ??= generateToken();
+  const id = sessionIdOf(request.token);
+  if (id === undefined) throw new SessionStateError('a new session needs a token that names it');
   const { record, fence } = await request.store.create({
+    id,
     tokenHash: request.hashOf(request.token),
     data: valuesOf(changes.baseline),
     userId: request.pendingUserId ?? null,

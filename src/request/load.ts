@@ -1,4 +1,5 @@
 import type { PresentedRow, SessionRecord } from '../store/records.js';
+import { sessionIdOf } from '../token.js';
 import type { RequestSession } from './request-session.js';
 
 /**
@@ -43,6 +44,7 @@ export async function loadSession(request: RequestSession, forUpdate = false): P
     fence: request.fence,
     // The middleware lengthened statement_timeout for the lock wait (see there).
     restoreStatementTimeout: forUpdate,
+    sessionId: sessionIdOf(token),
   });
   metrics.time('load', startedAt);
   if (found?.live) {

@@ -250,7 +250,8 @@ export class RequestSession implements SessionOwner {
     }
     this.get();
     if (this.inGrace && this.record && !this.destroyed) return;
-    this.token = generateToken();
+    // The same session keeps its id (a rotation); a new one gets its own.
+    this.token = generateToken(this.record && !this.destroyed ? this.record.id : undefined);
     this.rotate = this.record !== undefined;
     if (this.services.options.koa.genid) this.newLabel();
   }

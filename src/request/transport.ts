@@ -1,7 +1,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Context } from 'koa';
 import type { ResolvedCookieOptions, ResolvedOptions } from '../options/types.js';
-import { isWellFormedToken } from '../token.js';
+import { isWellFormedToken, trailingTokenLength } from '../token.js';
 
 /** The session cookie as this request sees it: decided once, used by every write. */
 interface CookieFacts {
@@ -100,19 +100,22 @@ export class KeyTransport {
     };
   }
 
-  /** A presented key split into its token and label, or invalid when it is not one of ours. */
+  /**
+   * A presented key split into its token (the last 65 characters, or 43 for a token
+   * issued before tokens named their session) and label, or invalid when it is not one
+   * of ours.
+   */
   #presented(value: string, via: 'cookie' | 'external', cookie: CookieFacts): PresentedToken {
     const { prefix } = this.#options.koa;
     const rest = value.startsWith(prefix) ? value.slice(prefix.length) : undefined;
-    const token = rest?.slice(-43);
-    if (rest === undefined || !isWellFormedToken(token)) {
+    const length = rest === undefined ? 0 : trailingTokenLength(rest);
+    if (rest === undefined || length === 0) return { via, invalid: true, raw: value, cookie };
+    const token = rest.slice(-length);
+    if (rest.length === length) return { token, via, invalid: false, cookie };
+    if (rest.length < length + 2 || rest[rest.length - length - 1] !== '.') {
       return { via, invalid: true, raw: value, cookie };
     }
-    if (rest.length === 43) return { token, via, invalid: false, cookie };
-    if (rest.length < 45 || rest[rest.length - 44] !== '.') {
-      return { via, invalid: true, raw: value, cookie };
-    }
-    return { token, label: rest.slice(0, -44), via, invalid: false, cookie };
+    return { token, label: rest.slice(0, -length - 1), via, invalid: false, cookie };
   }
 
   /** The version this client last wrote (0: unknown), from the fence cookie. */

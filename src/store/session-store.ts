@@ -43,10 +43,14 @@ export interface LookupOptions {
    * transaction saved in `sessions.statement_timeout` before it lengthened it for the wait.
    */
   readonly restoreStatementTimeout?: boolean;
+  /** The session the presented token names (its routing part), if it names one. */
+  readonly sessionId?: string;
 }
 
 /** A new session's row. */
 export interface NewSession {
+  /** The id its token names (undefined: the database draws one, for a token that names none). */
+  readonly id?: string;
   readonly tokenHash: Buffer;
   readonly data: Readonly<Record<string, unknown>>;
   readonly userId: string | null;
@@ -106,7 +110,12 @@ export class SessionStore {
     options: LookupOptions,
     live: boolean,
   ): Promise<PresentedSessionRow | undefined> {
-    const parameters = [this.tenantId, tokenHash, ...intervalsOf(this.policy).lookup];
+    const parameters = [
+      this.tenantId,
+      tokenHash,
+      ...intervalsOf(this.policy).lookup,
+      options.sessionId ?? null,
+    ];
     const query = options.forUpdate
       ? CompiledQuery.raw(lockedLookup(live), [
           ...parameters,
@@ -146,6 +155,7 @@ export class SessionStore {
         input.origin.userAgent,
         ...intervalsOf(policy).create,
         relaxed,
+        input.id ?? null,
       ]),
       {
         actor: input.actor,

@@ -24,12 +24,14 @@ export const live = sql<boolean>`revoked_at IS NULL AND least(idle_expires_at, a
 
 // The request path's statements as fixed text: planned once per connection inside their
 // functions (migrations 5 and 6), and never rebuilt by Kysely per request.
+// `$5` of a lookup is the session the token names (migration 12), or NULL for a token
+// issued before tokens named their session.
 export const LOOKUP =
-  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) LIMIT 1';
+  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval, $5::uuid) LIMIT 1';
 export const LOOKUP_LIVE =
-  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval) WHERE ended IS NULL LIMIT 1';
+  'SELECT * FROM sessions.lookup_session($1, $2, $3::interval, $4::interval, $5::uuid) WHERE ended IS NULL LIMIT 1';
 export const CREATE =
-  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10)';
+  'SELECT * FROM sessions.create_session($1, $2, $3, $4::jsonb, $5, $6::inet, $7, $8::interval, $9::interval, $10, $11::uuid)';
 export const SAVE =
   'SELECT * FROM sessions.save_session($1, $2, $3::uuid, $4, $5::jsonb, $6::text[], $7::jsonb, $8, $9, $10, $11, $12::inet, $13, $14::interval, $15::interval, $16)';
 /** A new session's row by its token, in the shape create_session returns: a retry's check. */
@@ -62,7 +64,7 @@ export const SAVED = `SELECT token_hash, user_id, data, version,
  * was granted, in one statement; `live` keeps live rows only, as {@link LOOKUP_LIVE}.
  */
 export function lockedLookup(live: boolean): string {
-  return `SELECT * FROM sessions.lock_session($1, $2, ${SESSION_LOCK_CLASS}, $3::interval, $4::interval, $5)${live ? ' WHERE ended IS NULL' : ''} LIMIT 1`;
+  return `SELECT * FROM sessions.lock_session($1, $2, ${SESSION_LOCK_CLASS}, $3::interval, $4::interval, $6, $5::uuid)${live ? ' WHERE ended IS NULL' : ''} LIMIT 1`;
 }
 
 /** Strict mode's expectations as save_session reads them: `{"key": [json]}`, `[]` for absent. */
