@@ -63,18 +63,38 @@ test.serial(
   },
 );
 
-test.serial('a worker added and removed (its shards drained first)', async (t) => {
-  const worker = await cluster.addWorker();
-  const count = async () =>
-    (
-      await cluster.sql<{ n: string }>('SELECT count(*) AS n FROM citus_get_active_worker_nodes()')
-    )[0]?.n;
-  t.is(await count(), '3');
-  t.true(cluster.workers.includes(worker));
-  await cluster.removeWorker(cluster.workers.indexOf(worker));
-  t.is(await count(), '2');
-  t.false(worker.running);
-});
+test.serial(
+  'a worker added takes shards when rebalanced; removed, its shards move back first',
+  async (t) => {
+    await cluster.sql('CREATE TABLE probe (id int PRIMARY KEY)');
+    await cluster.sql("SELECT create_distributed_table('probe', 'id', shard_count => 8)");
+    await cluster.sql('INSERT INTO probe SELECT generate_series(1, 100)');
+    const placements = async (port: number) =>
+      Number(
+        (
+          await cluster.sql<{ n: string }>(
+            `SELECT count(*) AS n FROM pg_dist_shard_placement p JOIN pg_dist_shard s USING (shardid)
+            WHERE s.logicalrelid = 'probe'::regclass AND p.nodeport = $1`,
+            [port],
+          )
+        )[0]?.n,
+      );
+    const worker = await cluster.addWorker();
+    t.is(await placements(worker.port), 0, 'a new worker holds nothing until rebalanced');
+    await cluster.sql(
+      "SELECT rebalance_table_shards('probe', shard_transfer_mode => 'block_writes')",
+    );
+    t.true((await placements(worker.port)) > 0);
+    await cluster.removeWorker(cluster.workers.indexOf(worker));
+    t.false(worker.running);
+    const [count] = await cluster.sql<{ n: string }>('SELECT count(*) AS n FROM probe');
+    t.is(count?.n, '100', 'every row still there');
+    const [nodes] = await cluster.sql<{ n: string }>(
+      'SELECT count(*) AS n FROM citus_get_active_worker_nodes()',
+    );
+    t.is(nodes?.n, '2');
+  },
+);
 
 test('without Citus installed, the cluster refuses in one line that says how to build it', async (t) => {
   const embedded = await resolveBinaries(undefined);
