@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import bodyParser from '@koa/bodyparser';
 import test from 'ava';
+import Keygrip from 'keygrip';
 import Koa from 'koa';
 import type pg from 'pg';
 import { type SessionOptions, sessions } from '../src/index.js';
@@ -370,6 +371,27 @@ test('a form larger than formLimit is a 413 and writes nothing', async (t) => {
     });
     t.is(response.status, 413);
     t.is(await versionOf(id), before);
+  } finally {
+    await server.close();
+  }
+});
+
+test('app.keys rotation keeps earlier tokens valid; a Keygrip instance signs and verifies them', async (t) => {
+  const server = await app();
+  try {
+    const browser = new Browser(server.url);
+    const { token } = (await browser.get('/form')).body as { token: string };
+    const post = (value: string) =>
+      browser.request('/set', { method: 'POST', headers: { 'x-csrf-token': value }, body: {} });
+    // A new first key: the cookie and the token signed with the old one still verify.
+    server.app.keys = ['a new first key', ...(server.app.keys as string[])];
+    t.is((await post(token)).status, 200);
+    server.app.keys = new Keygrip(
+      ['a keygrip key', 'test key one'],
+      'sha256',
+    ) as unknown as string[];
+    const minted = ((await browser.get('/form')).body as { token: string }).token;
+    t.is((await post(minted)).status, 200);
   } finally {
     await server.close();
   }

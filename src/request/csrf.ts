@@ -55,12 +55,12 @@ function signerFor(keys: unknown): CsrfSigner {
 
 function makeSigner(keys: object): CsrfSigner {
   if (Array.isArray(keys) && keys.length > 0) {
-    const secrets = keys as (string | Buffer)[];
-    const [first] = secrets as [string | Buffer];
+    // Read at each call: an app that changes its keys in place signs with the new first one.
+    const secrets = keys as [string | Buffer, ...(string | Buffer)[]];
     const hmac = (key: string | Buffer, message: string) =>
       createHmac('sha256', key).update(message).digest();
     return {
-      sign: (message) => hmac(first, message),
+      sign: (message) => hmac(secrets[0], message),
       verify: (message, digest) =>
         secrets.some((key) => {
           const expected = hmac(key, message);
