@@ -284,9 +284,12 @@ BEGIN
   END IF;
   -- Announced after the commit (log_insert, notify_deferred), like a data write.
   PERFORM set_config('sessions.defer_notify', 'on', true);
+  -- The id as the argument itself in VALUES: Citus runs the call on the session's worker
+  -- only for statements that name the argument it is distributed by.
+  new_id := coalesce(new_id, gen_random_uuid());
   INSERT INTO sessions.session AS s (tenant_id, id, token_hash, user_id, data, idle_expires_at,
                                      absolute_expires_at, ip, user_agent, authenticated_at)
-  VALUES (tenant, coalesce(new_id, gen_random_uuid()), new_token_hash, new_user_id, new_data,
+  VALUES (tenant, new_id, new_token_hash, new_user_id, new_data,
           now() + least(idle_timeout, absolute_timeout), now() + absolute_timeout,
           client_ip, client_user_agent,
           CASE WHEN new_user_id IS NOT NULL THEN now() END)
@@ -477,6 +480,10 @@ CREATE OR REPLACE FUNCTION sessions.lock_session(tenant text, presented_hash byt
 AS $function$
 #variable_conflict use_column
 BEGIN
+  -- As lookup_session: the argument's tenant only where the call brought none.
+  IF coalesce(current_setting('sessions.tenant', true), '') = '' THEN
+    PERFORM set_config('sessions.tenant', tenant, true);
+  END IF;
   PERFORM pg_advisory_xact_lock(lock_class, hashtext(found.id::text))
      FROM (SELECT s.id FROM sessions.session AS s
             WHERE s.tenant_id = tenant AND s.token_hash = presented_hash
@@ -703,10 +710,15 @@ GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) 
 CREATE OR REPLACE FUNCTION sessions.lookup_session(tenant text, presented_hash bytea, touch_interval interval, rotate_interval interval, session_hint uuid)
  RETURNS TABLE(id uuid, tenant_id text, token_hash bytea, user_id text, data jsonb, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean, ended text, revoked_reason text, ended_at timestamp with time zone, in_grace boolean)
  LANGUAGE plpgsql
- STABLE PARALLEL SAFE
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
+  -- Run by itself on the worker holding the session (Citus, distributed by the hint),
+  -- the call has no tenant yet: it takes its argument's. Where the transaction set one
+  -- (always, on one server), that one stays, and row-level security holds it to it.
+  IF coalesce(current_setting('sessions.tenant', true), '') = '' THEN
+    PERFORM set_config('sessions.tenant', tenant, true);
+  END IF;
   RETURN QUERY
     SELECT s.id, s.tenant_id, s.token_hash, s.user_id, s.data, s.version, s.created_at,
            s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.token_issued_at,

@@ -7,6 +7,7 @@ import test from 'ava';
 import pg from 'pg';
 import { migrate } from '../../src/index.js';
 import { type CitusCluster, startCitusCluster } from '../../src/testing/index.js';
+import { generateToken, hashToken, sessionIdOf } from '../../src/token.js';
 
 let cluster: CitusCluster;
 
@@ -262,5 +263,54 @@ test.serial(
     } finally {
       await Promise.all(listeners.map(({ client }) => client.end()));
     }
+  },
+);
+
+test.serial(
+  'the request path’s own functions, distributed by the id the token names, create and find a session on its worker',
+  async (t) => {
+    // Migration 12's create_session (by new_id) and lookup_session (by session_hint), as
+    // the store calls them (src/store/statements.ts), in one message each, with the
+    // transaction's settings made on the coordinator only, as the middleware does.
+    await superuser(
+      cluster.url(),
+      `SELECT create_distributed_function(
+         'sessions.create_session(text, text, bytea, jsonb, text, inet, text, interval, interval, boolean, uuid)',
+         'new_id', colocate_with := 'sessions.session', force_delegation := true)`,
+      `SELECT create_distributed_function(
+         'sessions.lookup_session(text, bytea, interval, interval, uuid)',
+         'session_hint', colocate_with := 'sessions.session', force_delegation := true)`,
+    );
+    const token = generateToken();
+    const id = sessionIdOf(token)!;
+    const hash = `'\\x${hashToken(token).toString('hex')}'::bytea`;
+    const settings = (tenant: string) =>
+      `SELECT set_config('sessions.tenant', '${tenant}', true), set_config('sessions.actor', 'user:grace', true)`;
+    const created = await asApp((client) =>
+      client.query(
+        `BEGIN; ${settings('t1')}; SELECT * FROM sessions.create_session('t1', 'user:grace', ${hash},
+           '{"cart": ["tea"]}', NULL, NULL, NULL, '1 day', '7 days', false, '${id}'); COMMIT`,
+      ),
+    );
+    t.is((created as unknown as pg.QueryResult[])[2]?.rows[0]?.id, id);
+    const lookup = (tenant: string, hint: string) =>
+      asApp(async (client) => {
+        const results = (await client.query(
+          `${settings(tenant)}; SELECT * FROM sessions.lookup_session('${tenant}', ${hash}, '1 minute', NULL, '${hint}') LIMIT 1`,
+        )) as unknown as pg.QueryResult[];
+        return results[1]?.rows[0] as { id: string; data: unknown } | undefined;
+      });
+    const found = await lookup('t1', id);
+    t.is(found?.id, id);
+    t.deepEqual(found?.data, { cart: ['tea'] });
+    t.is(await lookup('t2', id), undefined, 'another tenant finds nothing');
+    t.is(await lookup('t1', randomUUID()), undefined, 'another id finds nothing');
+    const [event] = (
+      await superuser(
+        cluster.url(),
+        `SELECT kind, actor FROM sessions.event WHERE session_id = '${id}'`,
+      )
+    )[0]!.rows;
+    t.deepEqual(event, { kind: 'created', actor: 'user:grace' });
   },
 );
