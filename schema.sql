@@ -710,6 +710,7 @@ GRANT EXECUTE ON FUNCTION sessions.lookup_session(text,bytea,interval,interval) 
 CREATE OR REPLACE FUNCTION sessions.lookup_session(tenant text, presented_hash bytea, touch_interval interval, rotate_interval interval, session_hint uuid)
  RETURNS TABLE(id uuid, tenant_id text, token_hash bytea, user_id text, data jsonb, version bigint, created_at timestamp with time zone, last_seen_at timestamp with time zone, idle_expires_at timestamp with time zone, absolute_expires_at timestamp with time zone, token_issued_at timestamp with time zone, touch_due boolean, rotation_due boolean, ended text, revoked_reason text, ended_at timestamp with time zone, in_grace boolean)
  LANGUAGE plpgsql
+ STABLE
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
