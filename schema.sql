@@ -985,7 +985,10 @@ BEGIN
   -- fails), once more on whatever the row is now, returning its data.
   FOR attempt IN 1..2 LOOP
     PERFORM set_config('sessions.defer_notify', 'on', true);
+    -- The times are computed outside the UPDATE: Citus refuses a distributed UPDATE
+    -- whose RETURNING calls a function that is not IMMUTABLE (extract() is STABLE).
     RETURN QUERY
+      WITH written AS (
       UPDATE sessions.session AS s
          SET data = (s.data || patch) - removed,
              last_seen_at = greatest(s.last_seen_at, now()),
@@ -1002,11 +1005,14 @@ BEGIN
                SELECT FROM jsonb_each(expected) AS e(key, loaded)
                 WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
                            ELSE (s.data -> e.key) IS DISTINCT FROM (e.loaded -> 0) END))
-      RETURNING s.token_hash, s.user_id, CASE WHEN attempt = 1 THEN NULL ELSE s.data END,
-                s.version, (extract(epoch FROM s.last_seen_at) * 1000)::float8,
-                (extract(epoch FROM s.idle_expires_at) * 1000)::float8,
-                (extract(epoch FROM s.absolute_expires_at) * 1000)::float8,
-                (extract(epoch FROM s.token_issued_at) * 1000)::float8;
+      RETURNING s.token_hash, s.user_id, CASE WHEN attempt = 1 THEN NULL ELSE s.data END AS data,
+                s.version, s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.token_issued_at)
+      SELECT w.token_hash, w.user_id, w.data, w.version,
+             (extract(epoch FROM w.last_seen_at) * 1000)::float8,
+             (extract(epoch FROM w.idle_expires_at) * 1000)::float8,
+             (extract(epoch FROM w.absolute_expires_at) * 1000)::float8,
+             (extract(epoch FROM w.token_issued_at) * 1000)::float8
+        FROM written AS w;
     saved := FOUND;
     EXIT WHEN saved;
   END LOOP;
