@@ -1,8 +1,16 @@
 import { EventEmitter } from 'node:events';
 import { Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } from 'kysely';
 import pg from 'pg';
+import { ClusterListener } from './cache/cluster-listener.js';
 import { SessionListener } from './cache/listener.js';
 import { SessionCache } from './cache/session-cache.js';
+import {
+  isDistributed,
+  NODE_POLL_INTERVAL,
+  nodeConfig,
+  type Topology,
+  workerNodes,
+} from './citus/topology.js';
 import { poolConfig } from './db/connection-config.js';
 import { FailoverRunner } from './db/failover.js';
 import { RequestTransactionDriver } from './db/request-driver.js';
@@ -31,11 +39,14 @@ export class SessionEngine {
   /** Request transactions, always on the current primary's pool (also after a failover). */
   readonly kysely: Kysely<SessionsDatabase>;
   readonly cache: SessionCache | undefined;
-  readonly listener: SessionListener | undefined;
+  /** The primary's LISTEN connection; on Citus also one per node, once `follow()` is called. */
+  readonly listener: ClusterListener | undefined;
   readonly touches: TouchBatcher;
   readonly gc: GarbageCollector | undefined;
   readonly services: RequestServices;
   readonly policy: ExpiryPolicy;
+  /** Learnt at start: whether the tables are distributed by Citus. */
+  readonly topology: Topology = { citus: false };
   #starting: Promise<void> | undefined;
   /** True once start() has finished: the request path skips it. */
   started = false;
@@ -98,6 +109,7 @@ export class SessionEngine {
       logger,
       replicas,
       failover: typeof (database as { failover?: unknown }).failover === 'function',
+      topology: this.topology,
     });
   }
 
@@ -112,20 +124,29 @@ export class SessionEngine {
     );
   }
 
-  /** The LISTEN connection, following the primary across failovers. */
-  #listen(cache: Exclude<ResolvedOptions['cache'], false>): SessionListener {
+  /** The LISTEN connections, the primary's following it across failovers. */
+  #listen(cache: Exclude<ResolvedOptions['cache'], false>): ClusterListener {
     const { listenUrl } = cache;
     const database = this.database;
-    const listener = new SessionListener(
+    const { logger } = this.options;
+    const listenerOptions = {
+      heartbeatInterval: cache.heartbeatInterval,
+      minBackoff: cache.reconnectMinDelay,
+      maxBackoff: cache.reconnectMaxDelay,
+    };
+    const primary = new SessionListener(
       () => (listenUrl ? { connectionString: listenUrl } : database.listenerConfig()),
       this.cache!,
       this.metrics,
-      this.options.logger,
-      {
-        heartbeatInterval: cache.heartbeatInterval,
-        minBackoff: cache.reconnectMinDelay,
-        maxBackoff: cache.reconnectMaxDelay,
-      },
+      logger,
+      listenerOptions,
+    );
+    const listener = new ClusterListener(
+      primary,
+      this.cache!,
+      this.metrics,
+      logger,
+      listenerOptions,
     );
     // After a failover the LISTEN connection belongs on the new primary at once: an old
     // primary that is still reachable would otherwise keep it, and hear nothing.
@@ -141,7 +162,7 @@ export class SessionEngine {
   store(tenantId: string): SessionStore {
     const { database, metrics } = this;
     const { logger } = this.options;
-    const runner = new PoolRunner(database, tenantId, metrics, logger, false);
+    const runner = new PoolRunner(database, tenantId, metrics, logger, false, this.topology.citus);
     return new SessionStore(FailoverRunner.around(runner, database, logger), tenantId, this.policy);
   }
 
@@ -150,6 +171,7 @@ export class SessionEngine {
       // A router given `hosts` knows the primary only after its first health check.
       await this.database.ready?.();
       if (this.options.checkSchema) await checkSchema(this.database.writer());
+      await this.#learnTopology();
       await this.listener?.start();
       this.touches.start();
       this.gc?.start();
@@ -159,6 +181,24 @@ export class SessionEngine {
       throw error;
     });
     return this.#starting;
+  }
+
+  /**
+   * On Citus (`pg-sessions citus distribute` ran), each worker's triggers notify there:
+   * the cache listens on every worker, following pg_dist_node as nodes come and go.
+   */
+  async #learnTopology(): Promise<void> {
+    const writer = this.database.writer();
+    this.topology.citus = await isDistributed(writer);
+    if (!this.topology.citus || !this.listener) return;
+    const { listenUrl } = this.options.cache || {};
+    const base = () =>
+      listenUrl ? { connectionString: listenUrl } : this.database.listenerConfig();
+    await this.listener.follow(
+      () => workerNodes(this.database.writer()),
+      (node) => nodeConfig(base(), node),
+      NODE_POLL_INTERVAL,
+    );
   }
 
   close(): Promise<void> {

@@ -97,8 +97,8 @@ export class SessionMetrics {
     this.#counts.set(counter, (this.#counts.get(counter) ?? 0) + by);
   }
 
-  roundTrip(): void {
-    this.increment('roundTrips');
+  roundTrip(count = 1): void {
+    this.increment('roundTrips', count);
   }
 
   /** Records how long an operation took, from a `performance.now()` start. */

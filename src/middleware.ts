@@ -5,7 +5,7 @@ import type { Transaction } from 'kysely';
 import pg from 'pg';
 import { emitLifecycle } from './cache/lifecycle.js';
 import type { SessionNotification } from './cache/notification.js';
-import { settingsStatement } from './db/runner.js';
+import { propagatedSettings, settingsStatement } from './db/runner.js';
 import type { RequestDatabase } from './db/schema.js';
 import { isUnavailableError } from './db/sqlstate.js';
 import { SessionEngine } from './engine.js';
@@ -269,6 +269,17 @@ async function inRequestTransaction(
  */
 function requestSettings(request: RequestSession, locking: boolean): string {
   const { lockTimeout, statementTimeout } = request.services.options;
+  if (request.services.topology.citus) {
+    // The same settings as SET LOCALs, which Citus sends on to the workers. The saved
+    // statement_timeout is the connection's, which the pool sets to statementTimeout.
+    return propagatedSettings(request.tenantId, request.actor(), {
+      lock_timeout: `${lockTimeout}ms`,
+      ...(locking && {
+        'sessions.statement_timeout': `${statementTimeout}ms`,
+        statement_timeout: `${lockTimeout + statementTimeout}ms`,
+      }),
+    });
+  }
   const literal = (value: string) => pg.escapeLiteral(value);
   // One statement: its targets are evaluated in order, so the saved statement_timeout
   // is the one before the lock wait's; the new one applies from the next statement on.

@@ -1,5 +1,6 @@
 import { debuglog } from 'node:util';
 import { Command, CommanderError } from 'commander';
+import { citusCommand } from './citus-command.js';
 import { CliError, ExitCode } from './cli-error.js';
 import { eraseCommand } from './erase-command.js';
 import { exportCommand } from './export-command.js';
@@ -33,6 +34,7 @@ ran and reports a condition (pending migrations, a host down, a failure mid-way)
   program.addCommand(reportCommand());
   program.addCommand(seedCommand());
   program.addCommand(statusCommand());
+  program.addCommand(citusCommand());
   overrideExits(program);
   return program;
 }

@@ -114,17 +114,31 @@ export class CommitSender implements BatchTransport {
    * `settings`: the tenant and actor statement, unless the statement sets them itself;
    * `notify`: the statement deferred notifications, sent right after the commit.
    */
-  async send(statement: string, notify: boolean, settings?: string): Promise<WriteReply> {
+  async send(
+    statement: string,
+    notify: boolean,
+    settings?: string,
+    citus?: { readonly propagated: string },
+  ): Promise<WriteReply> {
     const lsn = this.replicas ? ', pg_current_wal_lsn()::text AS lsn' : '';
     // The marker row proves the commit; the flush comes after it, so that its failure
     // cannot make a committed write look failed.
     const flush = notify ? `; SELECT ${NOTIFY_DEFERRED} AS notified` : '';
     const prefix = settings === undefined ? '' : `${settings}; `;
-    const text = `BEGIN; ${prefix}${statement}; COMMIT; SELECT true AS committed${lsn}${flush}`;
+    // On Citus the settings are SET LOCALs in a message of their own after BEGIN, which
+    // Citus then sends to each worker the statement reaches (runner.ts, propagatedSettings).
+    const text = citus
+      ? `${statement}; COMMIT; SELECT true AS committed${lsn}${flush}`
+      : `BEGIN; ${prefix}${statement}; COMMIT; SELECT true AS committed${lsn}${flush}`;
     const client = await checkout(this.database.writer());
-    this.metrics.roundTrip();
     let reply: CommitReply;
     try {
+      if (citus) {
+        this.metrics.roundTrip(2);
+        await client.query('BEGIN');
+        await client.query(citus.propagated);
+      }
+      this.metrics.roundTrip();
       reply = await sendThroughCommit(client, text, 'committed');
     } catch (error) {
       // A failed statement leaves an explicit transaction open and aborted: end it

@@ -41,6 +41,10 @@ export class FailoverRunner implements StatementRunner {
     return canFailOver(database) ? new FailoverRunner(inner, database, logger) : inner;
   }
 
+  get oneSessionPerWrite(): boolean {
+    return this.inner.oneSessionPerWrite === true;
+  }
+
   async read<Row>(query: Statement<Row>, options?: ReadOptions): Promise<StatementResult<Row>> {
     try {
       return await this.inner.read(query, options);
@@ -48,13 +52,13 @@ export class FailoverRunner implements StatementRunner {
       await this.#failOver(error);
       // Once more on the primary, never another replica pick: a replica that is shutting
       // down may still pass the health check that just ran, and answer nothing again.
-      return this.inner.readPrimary(query);
+      return this.inner.readPrimary(query, { scoped: options?.scoped });
     }
   }
 
   async readPrimary<Row>(
     query: Statement<Row>,
-    options?: { staleReplica?: boolean },
+    options?: { staleReplica?: boolean; scoped?: boolean },
   ): Promise<StatementResult<Row>> {
     try {
       return await this.inner.readPrimary(query, options);

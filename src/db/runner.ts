@@ -46,6 +46,11 @@ export interface StatementResult<Row> {
 export interface ReadOptions {
   /** The WAL position the client has seen: a replica must have replayed it (read-your-writes). */
   readonly fence?: string;
+  /**
+   * The statement is a lookup function that takes the tenant itself where the call set
+   * none (migration 12): on Citus it goes alone, and runs whole on its session's worker.
+   */
+  readonly scoped?: boolean;
 }
 
 export interface WriteOptions {
@@ -73,6 +78,11 @@ export interface WriteOptions {
 
 /** Runs statements for one tenant: on a pool (one round trip each) or in a transaction. */
 export interface StatementRunner {
+  /**
+   * Each write may change one session only (Citus: a transaction that writes on two
+   * workers commits in two phases, which PostgreSQL refuses after the triggers' NOTIFY).
+   */
+  readonly oneSessionPerWrite?: boolean;
   read<Row>(query: Statement<Row>, options?: ReadOptions): Promise<StatementResult<Row>>;
   /**
    * A read that must see the newest data: always on the primary. `staleReplica`: it
@@ -80,7 +90,7 @@ export interface StatementRunner {
    */
   readPrimary<Row>(
     query: Statement<Row>,
-    options?: { staleReplica?: boolean },
+    options?: { staleReplica?: boolean; scoped?: boolean },
   ): Promise<StatementResult<Row>>;
   /** A write in its own transaction (or the request's). */
   write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>>;
@@ -95,6 +105,26 @@ export const DEFERS_NOTIFICATIONS = Symbol('pg-sessions: defers its notification
 /** `SELECT set_config(...)` for the tenant and the actor, transaction-local: built here only. */
 export function settingsStatement(tenant: string, actor: string): string {
   return `SELECT set_config('sessions.tenant', ${pg.escapeLiteral(tenant)}, true), set_config('sessions.actor', ${pg.escapeLiteral(actor)}, true)`;
+}
+
+/**
+ * The settings as SET LOCAL commands, for Citus: `set_config()` stays on the
+ * coordinator, while a SET LOCAL sent in a message of its own (after BEGIN, before the
+ * statement) is propagated to every worker the transaction reaches
+ * (tests/citus/platform.test.ts). `more`: further settings (a request transaction's).
+ */
+export function propagatedSettings(
+  tenant: string,
+  actor: string,
+  more: Readonly<Record<string, string>> = {},
+): string {
+  const settings = { 'sessions.tenant': tenant, 'sessions.actor': actor, ...more };
+  return [
+    "SET LOCAL citus.propagate_set_commands = 'local'",
+    ...Object.entries(settings).map(
+      ([name, value]) => `SET LOCAL ${name} = ${pg.escapeLiteral(value)}`,
+    ),
+  ].join('; ');
 }
 
 /** The actor of reads: reads write no event, but the setting keeps one shape for both. */
@@ -125,56 +155,108 @@ export class PoolRunner implements StatementRunner {
     logger: Logger,
     /** Reads may go to replicas: writes then return the commit's LSN as the client's fence. */
     replicas: boolean,
+    /**
+     * The tables are distributed by Citus: the session functions go alone (each runs on
+     * its session's worker), any other statement after its settings as propagated SET
+     * LOCALs (two more round trips), and writes never share a batch (one batch would
+     * span workers).
+     */
+    private readonly citus = false,
   ) {
     this.#sender = new CommitSender(database, metrics, logger, replicas);
   }
 
   readonly #sender: CommitSender;
 
+  get oneSessionPerWrite(): boolean {
+    return this.citus;
+  }
+
   read<Row>(query: Statement<Row>, options: ReadOptions = {}): Promise<StatementResult<Row>> {
-    return this.#readOn(this.database.reader(options.fence), query);
+    return this.#readOn(this.database.reader(options.fence), query, options.scoped);
   }
 
   readPrimary<Row>(
     query: Statement<Row>,
-    options: { staleReplica?: boolean } = {},
+    options: { staleReplica?: boolean; scoped?: boolean } = {},
   ): Promise<StatementResult<Row>> {
     const { database } = this;
     const pool = options.staleReplica
       ? (database.staleReader?.() ?? database.writer())
       : database.writer();
-    return this.#readOn(pool, query);
+    return this.#readOn(pool, query, options.scoped);
   }
 
-  async #readOn<Row>(pool: pg.Pool, query: Statement<Row>): Promise<StatementResult<Row>> {
-    const text = `${settingsStatement(this.tenant, READER)}; ${inlineParameters(compile(query))}`;
+  async #readOn<Row>(
+    pool: pg.Pool,
+    query: Statement<Row>,
+    scoped = false,
+  ): Promise<StatementResult<Row>> {
+    const statement = inlineParameters(compile(query));
     const client = await checkout(pool);
-    this.metrics.roundTrip();
-    let results: pg.QueryResult[];
+    let rows: Row[];
     try {
-      results = (await client.query(text)) as unknown as pg.QueryResult[];
+      rows = this.citus
+        ? await this.#readOnCitus<Row>(client, statement, scoped)
+        : await this.#readHere<Row>(client, statement);
     } catch (error) {
-      client.release(endsConnection(error) ? (error as Error) : undefined);
+      // On Citus the read ran in an explicit transaction, which a failure leaves open.
+      const broken = endsConnection(error)
+        ? (error as Error)
+        : !this.citus
+          ? undefined
+          : await client.query('ROLLBACK').then(
+              () => undefined,
+              (rollbackError: Error) => rollbackError,
+            );
+      client.release(broken);
       throw error;
     }
     client.release();
-    return {
-      rows: (results[1]?.rows ?? []) as Row[],
-      fromReplica: pool !== this.database.writer(),
-    };
+    return { rows, fromReplica: pool !== this.database.writer() };
+  }
+
+  /** One message: the settings, then the statement, in the message's implicit transaction. */
+  async #readHere<Row>(client: pg.PoolClient, statement: string): Promise<Row[]> {
+    this.metrics.roundTrip();
+    const text = `${settingsStatement(this.tenant, READER)}; ${statement}`;
+    const results = (await client.query(text)) as unknown as pg.QueryResult[];
+    return (results[1]?.rows ?? []) as Row[];
+  }
+
+  /** On Citus: a lookup function alone; anything else after its propagated settings. */
+  async #readOnCitus<Row>(client: pg.PoolClient, statement: string, scoped: boolean) {
+    if (scoped) {
+      this.metrics.roundTrip();
+      return (await client.query(statement)).rows as Row[];
+    }
+    this.metrics.roundTrip(3);
+    await client.query('BEGIN');
+    await client.query(propagatedSettings(this.tenant, READER));
+    const results = (await client.query(`${statement}; COMMIT`)) as unknown as pg.QueryResult[];
+    return (results[0]?.rows ?? []) as Row[];
   }
 
   write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
     const statement = inlineParameters(compile(query));
-    const notify = options.notifyAfterCommit === true;
-    if (options.batch && options.scoped) {
+    // On Citus a worker's trigger notifies in its own commit: nothing waits for the coordinator.
+    const notify = options.notifyAfterCommit === true && !this.citus;
+    if (options.batch && options.scoped && !this.citus) {
       const pool = this.database.writer();
       // Half the pool's connections at most carry batches: the rest serve loads and other writes.
       const limit = Math.max(1, Math.floor((pool.options.max ?? 10) / 2));
       const batcher = batcherFor(pool, () => new WriteBatcher(this.#sender, limit));
       return batcher.write(statement, options.batch, notify) as Promise<StatementResult<Row>>;
     }
-    const settings = options.scoped ? undefined : settingsStatement(this.tenant, options.actor);
+    if (options.scoped) {
+      return this.#sender.send(statement, notify) as Promise<StatementResult<Row>>;
+    }
+    if (this.citus) {
+      return this.#sender.send(statement, notify, undefined, {
+        propagated: propagatedSettings(this.tenant, options.actor),
+      }) as Promise<StatementResult<Row>>;
+    }
+    const settings = settingsStatement(this.tenant, options.actor);
     return this.#sender.send(statement, notify, settings) as Promise<StatementResult<Row>>;
   }
 }
@@ -192,6 +274,8 @@ export class TransactionRunner implements StatementRunner {
     readonly transaction: Transaction<SessionsDatabase>,
     private readonly metrics: SessionMetrics,
     prelude: string | undefined,
+    /** On Citus the prelude is SET LOCALs, which propagate only in a message of their own. */
+    private readonly preludeAlone = false,
   ) {
     this.#prelude = prelude;
   }
@@ -212,7 +296,9 @@ export class TransactionRunner implements StatementRunner {
   write<Row>(query: Statement<Row>, options: WriteOptions): Promise<StatementResult<Row>> {
     const actor = options.scoped
       ? undefined
-      : `SELECT set_config('sessions.actor', ${pg.escapeLiteral(options.actor)}, true)`;
+      : this.preludeAlone
+        ? `SET LOCAL sessions.actor = ${pg.escapeLiteral(options.actor)}`
+        : `SELECT set_config('sessions.actor', ${pg.escapeLiteral(options.actor)}, true)`;
     return this.#run(compile(query), actor, options.notifyAfterCommit === true);
   }
 
@@ -226,6 +312,14 @@ export class TransactionRunner implements StatementRunner {
     before: string | undefined,
     defers = false,
   ): Promise<StatementResult<Row>> {
+    if (this.preludeAlone) {
+      await this.settle();
+      if (before !== undefined) {
+        this.metrics.roundTrip();
+        await this.transaction.executeQuery(CompiledQuery.raw(before));
+        before = undefined;
+      }
+    }
     this.metrics.roundTrip();
     const leading = [this.#prelude, before].filter((text) => text !== undefined);
     this.#prelude = undefined;

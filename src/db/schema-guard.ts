@@ -10,7 +10,7 @@ export const MIN_SERVER_VERSION_NUM = 150_000;
  * Checks the server version and that the applied migrations are exactly the ones this
  * code ships, so a missing or newer schema fails at start with the command to run.
  */
-export async function checkSchema(pool: pg.Pool): Promise<void> {
+export async function checkSchema(pool: pg.Pool | pg.ClientBase): Promise<void> {
   let versionNum: number;
   let applied: string[];
   try {

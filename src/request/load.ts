@@ -133,6 +133,7 @@ async function revokeStolen(
 ): Promise<void> {
   const { services } = request;
   const ended = await request.poolStore.revokeReusedToken(
+    record.id,
     tokenHash,
     request.origin(),
     request.actor(),

@@ -91,8 +91,15 @@ export class RequestSession implements SessionOwner {
   /** The store on the pool (following failovers), made at the first statement: a cache hit runs none. */
   get poolStore(): SessionStore {
     if (!this.#store) {
-      const { database, metrics, logger, replicas, policy, failover } = this.services;
-      const pool = new PoolRunner(database, this.tenantId, metrics, logger, replicas);
+      const { database, metrics, logger, replicas, policy, failover, topology } = this.services;
+      const pool = new PoolRunner(
+        database,
+        this.tenantId,
+        metrics,
+        logger,
+        replicas,
+        topology.citus,
+      );
       const runner = failover ? new FailoverRunner(pool, database, logger) : pool;
       this.#store = new SessionStore(runner, this.tenantId, policy);
     }
@@ -291,7 +298,12 @@ export class RequestSession implements SessionOwner {
    * sends them if the load did not.
    */
   useTransaction(trx: Transaction<SessionsDatabase>, settings: string): TransactionRunner {
-    const runner = new TransactionRunner(trx, this.services.metrics, settings);
+    const runner = new TransactionRunner(
+      trx,
+      this.services.metrics,
+      settings,
+      this.services.topology.citus,
+    );
     this.#transactionStore = new SessionStore(runner, this.tenantId, {
       ...this.services.policy,
       // The transaction commits the application's writes too: never asynchronously.

@@ -1,4 +1,5 @@
 import type { SessionCache } from '../cache/session-cache.js';
+import type { Topology } from '../citus/topology.js';
 import type { SessionDatabase } from '../db/router.js';
 import type { TouchBatcher } from '../jobs/touch-batcher.js';
 import type { Logger } from '../logger.js';
@@ -28,6 +29,8 @@ export interface RequestServices {
   readonly replicas: boolean;
   /** The database can find a new primary: statements run through a FailoverRunner. */
   readonly failover: boolean;
+  /** Whether the tables are distributed by Citus: known once the engine has started. */
+  readonly topology: Readonly<Topology>;
 }
 
 /**

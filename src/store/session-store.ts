@@ -123,8 +123,12 @@ export class SessionStore {
         ])
       : CompiledQuery.raw(live ? LOOKUP_LIVE : LOOKUP, parameters);
     const { runner } = this;
+    // A token that names its session is looked up by itself (on Citus, on its worker); an
+    // older one after the tenant's settings, on every shard.
+    const scoped = options.sessionId !== undefined;
     const { rows, fromReplica } = await runner.read<PresentedSessionRow>(query, {
       fence: options.fence,
+      scoped,
     });
     let row = rows[0];
     // A replica may not have replayed this session's creation or the client's own
@@ -135,7 +139,8 @@ export class SessionStore {
       fromReplica &&
       (!row || Number(row.version) < (options.minVersion ?? 0) || row.ended === 'expired')
     ) {
-      row = (await runner.readPrimary<PresentedSessionRow>(query, { staleReplica: true })).rows[0];
+      row = (await runner.readPrimary<PresentedSessionRow>(query, { staleReplica: true, scoped }))
+        .rows[0];
     }
     return row;
   }
@@ -245,12 +250,13 @@ export class SessionStore {
    * one statement; the triggers notify every node. Returns the ended session.
    */
   async revokeReusedToken(
+    sessionId: string,
     tokenHash: Buffer,
     origin: RequestOrigin,
     actor: string,
   ): Promise<(EndedSession & { userId: string | null })[]> {
     const { rows } = await this.runner.write(
-      reusedTokenRevocation(this.tenantId, tokenHash, origin),
+      reusedTokenRevocation(this.tenantId, sessionId, tokenHash, origin),
       { actor },
     );
     return rows.map((row) => ({ id: row.id, tokenHash: row.token_hash, userId: row.user_id }));
@@ -275,6 +281,11 @@ export class SessionStore {
    * last_seen_at never moves backwards.
    */
   async touchMany(ids: readonly string[], actor: string): Promise<number> {
+    if (this.runner.oneSessionPerWrite && ids.length > 1) {
+      let touched = 0;
+      for (const id of ids) touched += await this.touchMany([id], actor);
+      return touched;
+    }
     const { rows } = await this.runner.write(
       db
         .updateTable('sessions.session')
@@ -344,12 +355,48 @@ export class SessionStore {
     return this.#revokeWhere(sql<boolean>`id IN (${surplus})`, 'max_sessions', actor);
   }
 
+  /**
+   * On Citus: the matching sessions first, then each revoked by its id in a transaction
+   * of its own (on its worker). Not one atomic statement: a failure part way leaves the
+   * rest live, and running it again finishes (revocation is idempotent).
+   */
+  async #revokeEach(
+    which: RawBuilder<boolean>,
+    reason: string,
+    actor: string,
+  ): Promise<EndedSession[]> {
+    const { rows } = await this.runner.readPrimary(
+      db
+        .selectFrom('sessions.session')
+        .select('id')
+        .where('tenant_id', '=', this.tenantId)
+        .where(which)
+        .where(live),
+    );
+    const ended: EndedSession[] = [];
+    for (const { id } of rows) {
+      const { rows: revoked } = await this.runner.write(
+        db
+          .updateTable('sessions.session')
+          .set({ revoked_at: sql`now()`, revoked_reason: reason })
+          .where('tenant_id', '=', this.tenantId)
+          .where('id', '=', id)
+          .where(live)
+          .returning(['id', 'token_hash']),
+        { actor },
+      );
+      for (const row of revoked) ended.push({ id: row.id, tokenHash: row.token_hash });
+    }
+    return ended;
+  }
+
   /** The one revocation statement: live rows of this tenant matching `which`. */
   async #revokeWhere(
     which: RawBuilder<boolean>,
     reason: string,
     actor: string,
   ): Promise<EndedSession[]> {
+    if (this.runner.oneSessionPerWrite) return this.#revokeEach(which, reason, actor);
     const { rows } = await this.runner.write(
       db
         .updateTable('sessions.session')

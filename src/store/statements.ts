@@ -109,7 +109,12 @@ export function intervalsOf(policy: ExpiryPolicy): PolicyIntervals {
  * logs both requests) and revokes its session with reason `token_reused`, in one
  * statement; the triggers notify every node.
  */
-export function reusedTokenRevocation(tenantId: string, tokenHash: Buffer, origin: RequestOrigin) {
+export function reusedTokenRevocation(
+  tenantId: string,
+  sessionId: string,
+  tokenHash: Buffer,
+  origin: RequestOrigin,
+) {
   return db
     .with('reused', (qb) =>
       qb
@@ -120,6 +125,8 @@ export function reusedTokenRevocation(tenantId: string, tokenHash: Buffer, origi
           reused_user_agent: origin.userAgent,
         })
         .where('tenant_id', '=', tenantId)
+        // The session's own rows only: one shard on Citus.
+        .where('session_id', '=', sessionId)
         .where('token_hash', '=', tokenHash)
         .where('reused_at', 'is', null)
         .where(sql<boolean>`grace_expires_at <= now()`)
@@ -129,6 +136,7 @@ export function reusedTokenRevocation(tenantId: string, tokenHash: Buffer, origi
     .from('reused')
     .set({ revoked_at: sql`now()`, revoked_reason: 'token_reused' })
     .where('tenant_id', '=', tenantId)
+    .where('id', '=', sessionId)
     .whereRef('id', '=', 'reused.session_id')
     .where(live)
     .returning(['id', 'token_hash', 'user_id']);
