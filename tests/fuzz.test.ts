@@ -162,14 +162,16 @@ interface Answer {
 /**
  * One request. A kept-alive socket the server closed just as it was reused fails with
  * ECONNRESET or a hang-up before any response: that request never reached the app, and
- * is sent again once on a fresh socket (Node's documented `reusedSocket` retry).
+ * is sent again (Node's documented `reusedSocket` retry). The agent may hand out another
+ * kept-alive socket that races the same way (CI saw it once under load), so a few times;
+ * a hang-up on a socket that was not reused is a failure.
  */
 function send(
   agent: Agent,
   url: URL,
   method: string,
   headers: Record<string, string>,
-  retried = false,
+  retries = 3,
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const outgoing = request(url, { method, headers, agent }, (response) => {
@@ -183,8 +185,8 @@ function send(
     });
     outgoing.once('error', (error: NodeJS.ErrnoException) => {
       const raced = error.code === 'ECONNRESET' || error.message === 'socket hang up';
-      if (outgoing.reusedSocket && raced && !retried) {
-        resolve(send(agent, url, method, headers, true));
+      if (outgoing.reusedSocket && raced && retries > 0) {
+        resolve(send(agent, url, method, headers, retries - 1));
       } else {
         reject(error);
       }
