@@ -72,6 +72,10 @@ const DELEGATED_FUNCTIONS = [
     signature: 'sessions.lock_session(text, bytea, integer, interval, interval, boolean, uuid)',
     argument: 'session_hint',
   },
+  // SECURITY DEFINER: run anywhere else, their statements would reach the worker as
+  // sessions_admin, which does not log in; on the worker they run locally.
+  { signature: 'sessions.reauthenticate(uuid)', argument: 'session_id' },
+  { signature: 'sessions.revoke_session(uuid, text, text)', argument: 'id' },
   {
     signature:
       'sessions.save_session(text, text, uuid, bigint, jsonb, text[], jsonb, boolean, text, bytea, bytea, inet, text, interval, interval, boolean)',

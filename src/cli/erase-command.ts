@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { refuseOnCitus } from './citus-guard.js';
 import { cliActor, withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { text } from './option-parsers.js';
@@ -37,6 +38,7 @@ Exits 0 also when the user had nothing left to erase.`,
       const result = await withClient(
         databaseUrl(options.url),
         async (client) => {
+          await refuseOnCitus(client, 'pg-sessions erase');
           await client.query('BEGIN');
           try {
             await client.query(`SELECT set_config('sessions.actor', $1, true)`, [cliActor()]);

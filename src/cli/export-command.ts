@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { refuseOnCitus } from './citus-guard.js';
 import { withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { text } from './option-parsers.js';
@@ -29,6 +30,7 @@ granted sessions_admin may call. Exits 0 with empty lists for a user with no ses
       const document = await withClient(
         databaseUrl(options.url),
         async (client) => {
+          await refuseOnCitus(client, 'pg-sessions export');
           const { rows } = await client.query<{ exported: unknown }>(
             'SELECT sessions.export_user($1, $2) AS exported',
             [options.tenant, options.user],

@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import type pg from 'pg';
+import { refuseOnCitus } from './citus-guard.js';
 import { withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
 import { age, wholeNumber } from './option-parsers.js';
@@ -35,6 +36,7 @@ reports replay history from the log, so they only see what retention keeps.`,
       const deleted = await withClient(
         url,
         async (client) => {
+          await refuseOnCitus(client, 'pg-sessions prune-events');
           try {
             return await prune(client, options, progress);
           } finally {

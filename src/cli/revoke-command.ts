@@ -1,4 +1,7 @@
 import { Command } from 'commander';
+import { isDistributed } from '../citus/topology.js';
+import { propagatedSettings } from '../db/runner.js';
+import { refuseOnCitus } from './citus-guard.js';
 import { CliError } from './cli-error.js';
 import { cliActor, withClient } from './connection.js';
 import { databaseUrl } from './database-url.js';
@@ -61,12 +64,21 @@ session in whichever tenant holds it (ids are unique), or only in --tenant.`,
       const revoked = await withClient(
         url,
         async (client) => {
+          const citus = await isDistributed(client);
+          if (citus && options.user !== undefined) {
+            await refuseOnCitus(client, 'pg-sessions revoke --user');
+          }
           await client.query('BEGIN');
           try {
-            await client.query(
-              `SELECT set_config('sessions.actor', $1, true), set_config('sessions.tenant', $2, true)`,
-              [cliActor(), options.tenant ?? ''],
-            );
+            if (citus) {
+              // revoke_session runs on the session's worker: the settings must reach it.
+              await client.query(propagatedSettings(options.tenant ?? '', cliActor()));
+            } else {
+              await client.query(
+                `SELECT set_config('sessions.actor', $1, true), set_config('sessions.tenant', $2, true)`,
+                [cliActor(), options.tenant ?? ''],
+              );
+            }
             const result =
               options.session !== undefined
                 ? await client.query('SELECT * FROM sessions.revoke_session($1, $2, $3)', [

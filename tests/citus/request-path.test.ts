@@ -63,6 +63,14 @@ async function node(options: Partial<SessionOptions> = {}): Promise<TestApp> {
       router.post('/revoke-user', async (ctx) => {
         ctx.body = { revoked: await ctx.sessions.revokeUser(String(ctx.query.user)) };
       });
+      router.post('/reauthenticated', async (ctx) => {
+        await ctx.sessions.reauthenticated();
+        ctx.body = 'ok';
+      });
+      router.get('/sensitive', async (ctx) => {
+        await ctx.sessions.requireFresh(Number(ctx.query.maxAge ?? 60_000));
+        ctx.body = 'fresh';
+      });
       router.post('/logout', (ctx) => {
         ctx.session = null;
         ctx.body = 'bye';
@@ -294,3 +302,105 @@ test.serial(
     t.is(((await onB.get('/me')).body as { data: { n: number } }).data.n, 2);
   },
 );
+
+test.serial(
+  'step-up on Citus: reauthenticated() and requireFresh() by the database clock, on the session’s worker',
+  async (t) => {
+    const app = await node();
+    const browser = new Browser(app.url);
+    await browser.post('/login?user=ada');
+    const { id } = (await browser.get('/me')).body as { id: string };
+    t.is((await browser.get('/sensitive')).status, 200);
+    await cluster.sql(
+      `UPDATE sessions.session SET authenticated_at = now() - interval '1 hour' WHERE id = '${id}'`,
+    );
+    const stale = await browser.get('/sensitive');
+    t.is(stale.status, 401);
+    t.is((stale.body as { error: string }).error, 'SESSION_REAUTHENTICATION_REQUIRED');
+    t.is((await browser.post('/reauthenticated')).status, 200);
+    t.is((await browser.get('/sensitive')).status, 200);
+    const logged = await cluster.sql(
+      `SELECT actor FROM sessions.event WHERE session_id = '${id}' AND kind = 'reauthenticated'`,
+    );
+    t.deepEqual(logged, [{ actor: 'user:ada' }]);
+  },
+);
+
+test.serial(
+  'the CLI on Citus: revoke --session works on the session’s worker; commands that cannot run yet refuse, changing nothing',
+  async (t) => {
+    const app = await node();
+    const browser = new Browser(app.url);
+    await browser.post('/login?user=erin');
+    const { id } = (await browser.get('/me')).body as { id: string };
+    const revoked = await runCli([
+      'revoke',
+      '--session',
+      id,
+      '--reason',
+      'admin',
+      '--url',
+      cluster.url(),
+    ]);
+    t.is(revoked.code, 0, revoked.stderr);
+    t.is(((await browser.get('/me')).body as { id: string | null }).id, null);
+    const [event] = await cluster.sql(
+      `SELECT reason, actor FROM sessions.event WHERE session_id = '${id}' AND kind = 'revoked'`,
+    );
+    t.is(event?.reason, 'admin');
+    t.regex(String(event?.actor), /^cli:/);
+    for (const command of [
+      ['erase', '--user', 'erin', '--tenant', 'default'],
+      ['export', '--user', 'erin', '--tenant', 'default'],
+      ['revoke', '--user', 'erin', '--tenant', 'default', '--reason', 'admin'],
+      ['prune-events', '--older-than', '90d'],
+    ]) {
+      const run = await runCli([...command, '--url', cluster.url()]);
+      t.is(run.code, 2, `${command[0]}: ${run.stderr}`);
+      t.regex(run.stderr, /does not run on a Citus cluster yet/);
+    }
+  },
+);
+
+test.serial(
+  'a worker’s listener cut: that node stops trusting its cache, clears it, and trusts it again once back',
+  async (t) => {
+    const [a, b] = [await node(), await node()];
+    const downs: unknown[] = [];
+    const ups: unknown[] = [];
+    b.middleware.events.on('cache:listener:down', (error) => downs.push(error));
+    b.middleware.events.on('cache:listener:up', () => ups.push(true));
+    const browser = new Browser(a.url);
+    await browser.post('/inc');
+    const onB = new Browser(b.url);
+    for (const [name, value] of browser.cookies) onB.cookies.set(name, value);
+    await onB.get('/me');
+    await runSqlOn(
+      cluster.workerUrl(1),
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+     WHERE application_name = 'pg-sessions-listener' AND pid <> pg_backend_pid()`,
+    );
+    await waitFor(() => downs.length > 0 && ups.length > 0);
+    await browser.post('/inc');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    t.is(((await onB.get('/me')).body as { data: { n: number } }).data.n, 2);
+  },
+);
+
+async function runSqlOn(url: string, text: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(text);
+  } finally {
+    await client.end();
+  }
+}
+
+async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > until) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
