@@ -29,12 +29,19 @@ export interface TestDatabaseOptions {
 /**
  * A fresh database for one test file (or one test): a copy of a template migrated
  * once per server and migration set, or an empty one with `migrated: false`.
+ * With `PG_SESSIONS_TEST_CITUS=1`, a database on a Citus cluster started once per
+ * process, migrated and distributed (`npm run test:citus`).
  *
  * @example
  * const db = await createTestDatabase();
  * test.after.always(() => db.drop());
  */
 export async function createTestDatabase(options: TestDatabaseOptions = {}): Promise<TestDatabase> {
+  if (process.env.PG_SESSIONS_TEST_CITUS === '1') {
+    // Imported lazily: only this mode needs Citus, and that module imports this one.
+    const { createCitusTestDatabase } = await import('./citus-test-database.js');
+    return createCitusTestDatabase(options);
+  }
   const server = await testServer();
   const template = options.migrated === false ? 'template0' : await migratedTemplate(server);
   const name = `pgs_test_${process.pid}_${randomBytes(4).toString('hex')}`;
@@ -108,7 +115,7 @@ export const TEST_APP_ROLE = 'pgs_test_app';
 export const TEST_AUDITOR_ROLE = 'pgs_test_auditor';
 const TEST_ROLE_PASSWORD = 'pgs_test';
 
-async function createLoginRoles(admin: pg.Client): Promise<void> {
+export async function createLoginRoles(admin: pg.Client): Promise<void> {
   for (const [login, member] of [
     [TEST_APP_ROLE, 'sessions_app'],
     [TEST_AUDITOR_ROLE, 'sessions_auditor'],
@@ -122,7 +129,7 @@ async function createLoginRoles(admin: pg.Client): Promise<void> {
   }
 }
 
-function withCredentials(url: string, role: string): string {
+export function withCredentials(url: string, role: string): string {
   const parsed = new URL(url);
   parsed.username = role;
   parsed.password = TEST_ROLE_PASSWORD;
@@ -155,6 +162,6 @@ export function databaseUrl(serverUrl: string, database: string): string {
   return url.toString();
 }
 
-function quote(identifier: string): string {
+export function quote(identifier: string): string {
   return `"${identifier.replaceAll('"', '""')}"`;
 }
