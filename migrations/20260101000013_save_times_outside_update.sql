@@ -3,7 +3,9 @@
 -- UPDATE's RETURNING: Citus refuses a distributed UPDATE whose RETURNING calls a
 -- function that is not IMMUTABLE (extract() on a timestamptz is STABLE), and the
 -- function runs whole on a worker once `pg-sessions citus distribute` has run. The
--- same rows, the same plan on one server (a CTE that only returns its rows).
+-- same rows, the same plan on one server (a CTE that only returns its rows). And its
+-- first pass compares the row's version, never a constant the planner could fold to
+-- false (Citus refuses a delegated statement that names no shard).
 
 CREATE OR REPLACE FUNCTION sessions.save_session(tenant text, actor text, session_id uuid, loaded_version bigint, patch jsonb, removed text[], expected jsonb, bind_user boolean, new_user_id text, new_token_hash bytea, only_if_token_hash bytea, rotation_ip inet, rotation_user_agent text, idle_timeout interval, rotation_grace interval, relaxed boolean)
  RETURNS TABLE(token_hash bytea, user_id text, data jsonb, version bigint, last_seen_ms double precision, idle_expires_ms double precision, absolute_expires_ms double precision, token_issued_ms double precision)
@@ -59,7 +61,10 @@ BEGIN
              authenticated_at = CASE WHEN bind_user THEN now() ELSE s.authenticated_at END
        WHERE s.tenant_id = tenant AND s.id = session_id
          AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
-         AND (attempt = 2 OR coalesce(current_version, s.version) = loaded_version)
+         -- The row's version, not the one read under the lock: equal (this transaction
+         -- holds the lock), but a constant the planner could fold to false, and Citus
+         -- refuses a delegated function's statement that names no shard.
+         AND (attempt = 2 OR s.version = loaded_version)
          AND (expected IS NULL OR NOT EXISTS (
                SELECT FROM jsonb_each(expected) AS e(key, loaded)
                 WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key

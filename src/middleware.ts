@@ -232,6 +232,11 @@ async function inRequestTransaction(
       // The settings (and BEGIN) travel with the load: one round trip for both.
       await guard(metrics, loadSession(request, locking));
       await guard(metrics, runner.settle());
+      if (locking && services.topology.citus) {
+        // lock_session put statement_timeout back on the worker it ran on; the handler's
+        // own statements run on the coordinator (and wherever Citus sends them).
+        await guard(metrics, runner.setLocal('statement_timeout', `${options.statementTimeout}ms`));
+      }
       if (csrf) refuseForgery(request, csrf);
       // The application's tables are its own declaration (RequestDatabase); at run time
       // a Kysely transaction reaches any table the role may use.

@@ -116,6 +116,8 @@ export async function distributeOnCitus(
         'ALTER FUNCTION sessions.citus_gc_shard(regclass, integer, text) OWNER TO sessions_admin',
         'REVOKE EXECUTE ON FUNCTION sessions.citus_gc_shard(regclass, integer, text) FROM PUBLIC',
         'GRANT EXECUTE ON FUNCTION sessions.citus_gc_shard(regclass, integer, text) TO sessions_app',
+        'REVOKE EXECUTE ON FUNCTION sessions.citus_colocated_id(uuid) FROM PUBLIC',
+        'GRANT EXECUTE ON FUNCTION sessions.citus_colocated_id(uuid) TO sessions_app',
         ...REPLACED_TRIGGERS.map(
           ({ fn }) => `ALTER FUNCTION sessions.${fn}() OWNER TO sessions_admin`,
         ),

@@ -99,16 +99,37 @@ export const ROW_TRIGGER_FUNCTIONS: readonly string[] = [
   `CREATE OR REPLACE FUNCTION sessions.citus_log_token_reuse() RETURNS trigger
    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
    SET citus.allow_nested_distributed_execution = on AS $$
+   DECLARE owner text;
    BEGIN
      IF OLD.reused_at IS NULL AND NEW.reused_at IS NOT NULL THEN
+       -- Read first, then a plain VALUES insert: an INSERT … SELECT would run as a
+       -- distributed INSERT … SELECT, which draws the event id from the sequence itself.
+       SELECT s.user_id INTO owner FROM sessions.session AS s
+        WHERE s.tenant_id = NEW.tenant_id AND s.id = NEW.session_id;
        INSERT INTO sessions.event (tenant_id, session_id, user_id, kind, actor, ip, user_agent,
                                    rotation_ip, rotation_user_agent)
-       SELECT NEW.tenant_id, NEW.session_id, s.user_id, 'token_reused', sessions.current_actor(),
-              NEW.reused_ip, NEW.reused_user_agent, NEW.rotation_ip, NEW.rotation_user_agent
-         FROM (SELECT) AS one
-         LEFT JOIN sessions.session AS s ON s.tenant_id = NEW.tenant_id AND s.id = NEW.session_id;
+       VALUES (NEW.tenant_id, NEW.session_id, owner, 'token_reused', sessions.current_actor(),
+               NEW.reused_ip, NEW.reused_user_agent, NEW.rotation_ip, NEW.rotation_user_agent);
      END IF;
      RETURN NULL;
+   END $$`,
+  // A new session id on the same shard as `near`: a request transaction that already
+  // ran on `near`'s worker (lock mode's load) and must create a session stays on that
+  // worker. On two, it would commit in two phases, which PostgreSQL refuses after the
+  // triggers' NOTIFY. About one draw in 32 (the default shard count) matches.
+  `CREATE OR REPLACE FUNCTION sessions.citus_colocated_id(near uuid) RETURNS uuid
+   LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+   DECLARE
+     target bigint := get_shard_id_for_distribution_column('sessions.session', near);
+     candidate uuid;
+   BEGIN
+     FOR attempt IN 1..100000 LOOP
+       candidate := gen_random_uuid();
+       IF get_shard_id_for_distribution_column('sessions.session', candidate) = target THEN
+         RETURN candidate;
+       END IF;
+     END LOOP;
+     RAISE EXCEPTION 'sessions.citus_colocated_id: no id on the shard of % in 100000 draws', near;
    END $$`,
   // One batch of garbage collection on the shard `shard` of sessions.session, run on the
   // worker that holds it (gc_batch sends it there): the shard is a plain table

@@ -289,6 +289,15 @@ export class TransactionRunner implements StatementRunner {
     await this.transaction.executeQuery(CompiledQuery.raw(prelude));
   }
 
+  /** `SET LOCAL name = value` in a message of its own (on Citus, propagated with the rest). */
+  async setLocal(name: string, value: string): Promise<void> {
+    await this.settle();
+    this.metrics.roundTrip();
+    await this.transaction.executeQuery(
+      CompiledQuery.raw(`SET LOCAL ${name} = ${pg.escapeLiteral(value)}`),
+    );
+  }
+
   read<Row>(query: Statement<Row>): Promise<StatementResult<Row>> {
     return this.#run(compile(query), undefined);
   }

@@ -149,7 +149,11 @@ async function create(request: RequestSession, changes: SessionChanges): Promise
   const epoch = services.cache?.epoch ?? 0;
   const startedAt = performance.now();
   // A new session's token was made for it (set(), externalKey()), or is made now; the
-  // id it names is the new row's.
+  // id it names is the new row's. On Citus, a request transaction that loaded the
+  // presented token's session ran on its worker: the new one is made on the same shard.
+  const near =
+    request.inTransaction && services.topology.citus && sessionIdOf(request.presented.token ?? '');
+  if (near) request.token = generateToken(await request.store.colocatedId(near));
   request.token ??= generateToken();
   const id = sessionIdOf(request.token);
   if (id === undefined) throw new SessionStateError('a new session needs a token that names it');

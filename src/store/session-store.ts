@@ -145,6 +145,14 @@ export class SessionStore {
     return row;
   }
 
+  /** On Citus: a new session id on the shard of `near` (see sessions.citus_colocated_id). */
+  async colocatedId(near: string): Promise<string> {
+    const { rows } = await this.runner.read<{ id: string }>(
+      CompiledQuery.raw('SELECT sessions.citus_colocated_id($1::uuid) AS id', [near]),
+    );
+    return rows[0]!.id;
+  }
+
   /** Inserts a new session (never an upsert: a token is created once). */
   async create(input: NewSession): Promise<{ record: SessionRecord; fence?: string }> {
     const { policy, tenantId } = this;
