@@ -615,6 +615,8 @@ test('every command has --help, exiting 0', async (t) => {
     'pg-sessions report',
     'pg-sessions seed',
     'pg-sessions status',
+    'pg-sessions citus',
+    'pg-sessions citus distribute',
   ]);
   const check = (command: Command) => {
     t.not(command.description(), '', command.name());
