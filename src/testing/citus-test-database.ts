@@ -7,14 +7,7 @@ import { distributeOnCitus } from '../citus/distribute.js';
 import { migrate } from '../db/migrator.js';
 import { type CitusCluster, startCitusCluster } from './citus-cluster.js';
 import type { TestDatabase, TestDatabaseOptions } from './test-database.js';
-import {
-  createLoginRoles,
-  databaseUrl,
-  quote,
-  TEST_APP_ROLE,
-  TEST_AUDITOR_ROLE,
-  withCredentials,
-} from './test-database.js';
+import { createLoginRoles, quote, testDatabase } from './test-database.js';
 import type { TestServer } from './test-server.js';
 
 let current: Promise<CitusTestServer> | undefined;
@@ -109,15 +102,7 @@ export async function createCitusTestDatabase(
     await drop().catch(() => {});
     throw error;
   }
-  const url = databaseUrl(server.adminUrl, name);
-  return {
-    url,
-    appUrl: withCredentials(url, TEST_APP_ROLE),
-    auditorUrl: withCredentials(url, TEST_AUDITOR_ROLE),
-    name,
-    server,
-    drop,
-  };
+  return testDatabase(server, name, drop);
 }
 
 async function superuser<T>(url: string, work: (client: pg.Client) => Promise<T>): Promise<T> {

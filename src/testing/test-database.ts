@@ -57,6 +57,19 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
       }
     }
   });
+  return testDatabase(server, name, () =>
+    withAdmin(server.adminUrl, async (admin) => {
+      await admin.query(`DROP DATABASE IF EXISTS ${quote(name)} WITH (FORCE)`);
+    }),
+  );
+}
+
+/** The database `name` on `server` as a test sees it: its URLs as superuser, app and auditor. */
+export function testDatabase(
+  server: TestServer,
+  name: string,
+  drop: () => Promise<void>,
+): TestDatabase {
   const url = databaseUrl(server.adminUrl, name);
   return {
     url,
@@ -64,10 +77,7 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
     auditorUrl: withCredentials(url, TEST_AUDITOR_ROLE),
     name,
     server,
-    drop: () =>
-      withAdmin(server.adminUrl, async (admin) => {
-        await admin.query(`DROP DATABASE IF EXISTS ${quote(name)} WITH (FORCE)`);
-      }),
+    drop,
   };
 }
 
@@ -129,7 +139,7 @@ export async function createLoginRoles(admin: pg.Client): Promise<void> {
   }
 }
 
-export function withCredentials(url: string, role: string): string {
+function withCredentials(url: string, role: string): string {
   const parsed = new URL(url);
   parsed.username = role;
   parsed.password = TEST_ROLE_PASSWORD;
