@@ -21,6 +21,7 @@ const COUNTERS = [
   'touchedSessions',
   'gcRuns',
   'gcDeletions',
+  'shardMoveRetries',
 ] as const;
 
 const TIMINGS = ['load', 'save', 'touchFlush', 'gc'] as const;

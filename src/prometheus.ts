@@ -30,6 +30,7 @@ const COUNTER_HELP: Readonly<Record<CounterName, string>> = {
   touchedSessions: 'Sessions touched by batched statements',
   gcRuns: 'Garbage collection runs that held the lock',
   gcDeletions: 'Expired or revoked sessions deleted by garbage collection',
+  shardMoveRetries: 'Statements sent again because their Citus shard was moving',
 };
 
 const TIMING_HELP: Readonly<Record<TimingName, string>> = {

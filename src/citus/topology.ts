@@ -52,3 +52,15 @@ export function nodeConfig(base: pg.ClientConfig, node: NodeAddress): pg.ClientC
   }
   return { ...base, host: node.host, port: node.port };
 }
+
+/**
+ * The error of a statement Citus sent to a worker whose shard had just moved away (a
+ * shard move or rebalance in progress): the delegated call found no local shard there.
+ * Nothing was changed; sent again, it reaches the shard's new worker.
+ */
+export function isShardInMotion(error: unknown): boolean {
+  return (
+    error instanceof Error &&
+    error.message.includes('cannot execute a distributed query from a query on a shard')
+  );
+}

@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import {
   type Compilable,
   CompiledQuery,
@@ -9,6 +10,7 @@ import {
   type Transaction,
 } from 'kysely';
 import pg from 'pg';
+import { isShardInMotion } from '../citus/topology.js';
 import type { Logger } from '../logger.js';
 import type { SessionMetrics } from '../metrics.js';
 import { checkout } from './checkout.js';
@@ -127,6 +129,10 @@ export function propagatedSettings(
   ].join('; ');
 }
 
+/** A statement caught by a shard move is sent again up to this many times, 50 ms, 100 ms, … apart. */
+const SHARD_MOVE_RETRIES = 5;
+const SHARD_MOVE_BACKOFF_MS = 50;
+
 /** The actor of reads: reads write no event, but the setting keeps one shape for both. */
 const READER = 'pg-sessions';
 
@@ -187,10 +193,31 @@ export class PoolRunner implements StatementRunner {
     return this.#readOn(pool, query, options.scoped);
   }
 
-  async #readOn<Row>(
+  /**
+   * On Citus, a statement that reached a worker while its session's shard was being
+   * moved away fails before it changed anything (the transaction is rolled back): it
+   * is sent again, a few times, as the move finishes within a second.
+   */
+  async #whileShardsMove<T>(attempt: () => Promise<T>): Promise<T> {
+    for (let retries = 0; ; retries++) {
+      try {
+        return await attempt();
+      } catch (error) {
+        if (!this.citus || retries >= SHARD_MOVE_RETRIES || !isShardInMotion(error)) throw error;
+        this.metrics.increment('shardMoveRetries');
+        await delay(SHARD_MOVE_BACKOFF_MS * 2 ** retries);
+      }
+    }
+  }
+
+  #readOn<Row>(pool: pg.Pool, query: Statement<Row>, scoped = false) {
+    return this.#whileShardsMove(() => this.#readOnce(pool, query, scoped));
+  }
+
+  async #readOnce<Row>(
     pool: pg.Pool,
     query: Statement<Row>,
-    scoped = false,
+    scoped: boolean,
   ): Promise<StatementResult<Row>> {
     const statement = inlineParameters(compile(query));
     const client = await checkout(pool);
@@ -249,12 +276,15 @@ export class PoolRunner implements StatementRunner {
       return batcher.write(statement, options.batch, notify) as Promise<StatementResult<Row>>;
     }
     if (options.scoped) {
-      return this.#sender.send(statement, notify) as Promise<StatementResult<Row>>;
+      return this.#whileShardsMove(() => this.#sender.send(statement, notify)) as Promise<
+        StatementResult<Row>
+      >;
     }
     if (this.citus) {
-      return this.#sender.send(statement, notify, undefined, {
-        propagated: propagatedSettings(this.tenant, options.actor),
-      }) as Promise<StatementResult<Row>>;
+      const propagated = propagatedSettings(this.tenant, options.actor);
+      return this.#whileShardsMove(() =>
+        this.#sender.send(statement, notify, undefined, { propagated }),
+      ) as Promise<StatementResult<Row>>;
     }
     const settings = settingsStatement(this.tenant, options.actor);
     return this.#sender.send(statement, notify, settings) as Promise<StatementResult<Row>>;
