@@ -120,7 +120,12 @@ export class CitusCluster {
   async removeWorker(index: number): Promise<void> {
     const worker = this.workers[index];
     if (!worker) throw new Error(`this cluster has no worker ${index}`);
-    await this.sql(`SELECT citus_drain_node('127.0.0.1', $1)`, [worker.port]);
+    // block_writes: a logical transfer cannot apply into tables that force row-level
+    // security (PostgreSQL refuses it to Citus' replication role), and would never end.
+    await this.sql(
+      `SELECT citus_drain_node('127.0.0.1', $1, shard_transfer_mode := 'block_writes')`,
+      [worker.port],
+    );
     await this.sql(`SELECT citus_remove_node('127.0.0.1', $1)`, [worker.port]);
     this.workers.splice(index, 1);
     await worker.destroy();
