@@ -1000,7 +1000,10 @@ BEGIN
              authenticated_at = CASE WHEN bind_user THEN now() ELSE s.authenticated_at END
        WHERE s.tenant_id = tenant AND s.id = session_id
          AND s.revoked_at IS NULL AND least(s.idle_expires_at, s.absolute_expires_at) > now()
-         AND (attempt = 2 OR coalesce(current_version, s.version) = loaded_version)
+         -- The row's version, not the one read under the lock: equal (this transaction
+         -- holds the lock), but a constant the planner could fold to false, and Citus
+         -- refuses a delegated function's statement that names no shard.
+         AND (attempt = 2 OR s.version = loaded_version)
          AND (expected IS NULL OR NOT EXISTS (
                SELECT FROM jsonb_each(expected) AS e(key, loaded)
                 WHERE CASE WHEN jsonb_array_length(e.loaded) = 0 THEN s.data ? e.key
