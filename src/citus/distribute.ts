@@ -112,6 +112,9 @@ export async function distributeOnCitus(
     async () => installedAsShipped(client),
     async () => {
       await run(...ROW_TRIGGER_FUNCTIONS);
+      // Handing a function to sessions_admin needs its CREATE on the schema, for the
+      // moment of the handover only (as the migrations do).
+      await run('GRANT CREATE ON SCHEMA sessions TO sessions_admin');
       await run(
         'ALTER FUNCTION sessions.citus_gc_shard(regclass, integer, text) OWNER TO sessions_admin',
         'REVOKE EXECUTE ON FUNCTION sessions.citus_gc_shard(regclass, integer, text) FROM PUBLIC',
@@ -125,6 +128,7 @@ export async function distributeOnCitus(
           ({ fn }) => `REVOKE EXECUTE ON FUNCTION sessions.${fn}() FROM PUBLIC`,
         ),
       );
+      await run('REVOKE CREATE ON SCHEMA sessions FROM sessions_admin');
     },
   );
   for (const trigger of REPLACED_TRIGGERS) {
@@ -285,5 +289,11 @@ async function installedAsShipped(client: pg.Client): Promise<boolean> {
     );
     if (rows.length !== 1 || rows[0]?.src !== body) return false;
   }
-  return true;
+  // A run that stopped before the handover left them with the role that ran it.
+  const { rows } = await client.query<{ handed: boolean }>(
+    `SELECT bool_and(p.proowner = 'sessions_admin'::regrole) AS handed
+       FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+      WHERE n.nspname = 'sessions' AND p.prosecdef AND p.proname LIKE 'citus\\_%'`,
+  );
+  return rows[0]?.handed === true;
 }

@@ -21,9 +21,18 @@ function asUser(url: string, user: string): string {
   return target.toString();
 }
 
+/** The schema's owner: a plain login role, as the README asks (no superuser, no CREATEROLE). */
+let ownerUrl: string;
+
 test.before(async () => {
   cluster = await startCitusCluster();
-  await migrate(cluster.url(), 'up');
+  await cluster.sql('CREATE ROLE sowner LOGIN');
+  await cluster.sql('GRANT CREATE ON DATABASE postgres TO sowner');
+  // The DBA runs `migrate roles`' SQL once (as psql would: the DO block, then the GRANT).
+  const roles = await runCli(['migrate', 'roles', '--owner', 'sowner']);
+  for (const part of roles.stdout.split(/\n(?=GRANT )/)) await cluster.sql(part);
+  ownerUrl = asUser(cluster.url(), 'sowner');
+  await migrate(ownerUrl, 'up');
   await cluster.sql('CREATE ROLE app LOGIN IN ROLE sessions_app');
   appUrl = asUser(cluster.url(), 'app');
 });
@@ -92,7 +101,7 @@ async function workerOf(sessionId: string): Promise<number> {
 }
 
 test.serial(
-  'citus distribute: refuses without Citus, distributes, and a second run changes nothing',
+  'citus distribute as the schema’s plain owner: refuses without Citus, distributes, and a second run changes nothing',
   async (t) => {
     await cluster.sql('CREATE DATABASE plain');
     const plain = new URL(cluster.url());
@@ -102,13 +111,19 @@ test.serial(
     t.is(refused.code, 2, refused.stderr);
     t.regex(refused.stderr, /this server has no Citus/);
 
-    const first = await runCli(['citus', 'distribute', '--url', cluster.url()]);
+    const first = await runCli(['citus', 'distribute', '--url', ownerUrl]);
     t.is(first.code, 0, first.stderr);
     t.regex(first.stdout, /^done +sessions\.session distributed by id$/m);
     t.regex(first.stdout, /^done +sessions\.save_session runs on the worker of its session_id$/m);
-    const again = await runCli(['citus', 'distribute', '--url', cluster.url()]);
+    const again = await runCli(['citus', 'distribute', '--url', ownerUrl]);
     t.is(again.code, 0, again.stderr);
     t.regex(again.stdout, /already distributed: nothing changed/);
+    // The trigger functions run as sessions_admin (handed over by a role that is not a superuser).
+    const owners = await cluster.sql(
+      `SELECT DISTINCT proowner::regrole::text AS owner FROM pg_proc
+        WHERE pronamespace = 'sessions'::regnamespace AND prosecdef AND proname LIKE 'citus%'`,
+    );
+    t.deepEqual(owners, [{ owner: 'sessions_admin' }]);
     t.notRegex(again.stdout, /^done/m);
   },
 );
