@@ -203,7 +203,7 @@ export class PoolRunner implements StatementRunner {
       try {
         return await attempt();
       } catch (error) {
-        if (!this.citus || retries >= SHARD_MOVE_RETRIES || !isShardInMotion(error)) throw error;
+        if (retries >= SHARD_MOVE_RETRIES || !isShardInMotion(error)) throw error;
         this.metrics.increment('shardMoveRetries');
         await delay(SHARD_MOVE_BACKOFF_MS * 2 ** retries);
       }
@@ -211,6 +211,8 @@ export class PoolRunner implements StatementRunner {
   }
 
   #readOn<Row>(pool: pg.Pool, query: Statement<Row>, scoped = false) {
+    // One server: straight through, no retry closure on every read.
+    if (!this.citus) return this.#readOnce(pool, query, scoped);
     return this.#whileShardsMove(() => this.#readOnce(pool, query, scoped));
   }
 
@@ -274,6 +276,9 @@ export class PoolRunner implements StatementRunner {
       const limit = Math.max(1, Math.floor((pool.options.max ?? 10) / 2));
       const batcher = batcherFor(pool, () => new WriteBatcher(this.#sender, limit));
       return batcher.write(statement, options.batch, notify) as Promise<StatementResult<Row>>;
+    }
+    if (options.scoped && !this.citus) {
+      return this.#sender.send(statement, notify) as Promise<StatementResult<Row>>;
     }
     if (options.scoped) {
       return this.#whileShardsMove(() => this.#sender.send(statement, notify)) as Promise<

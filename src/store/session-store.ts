@@ -363,6 +363,16 @@ export class SessionStore {
     return this.#revokeWhere(sql<boolean>`id IN (${surplus})`, 'max_sessions', actor);
   }
 
+  /** The one revocation statement: live rows of this tenant matching `which`. */
+  async #revokeWhere(
+    which: RawBuilder<boolean>,
+    reason: string,
+    actor: string,
+  ): Promise<EndedSession[]> {
+    if (this.runner.oneSessionPerWrite) return this.#revokeEach(which, reason, actor);
+    return this.#revokeMatching(which, reason, actor);
+  }
+
   /**
    * On Citus: the matching sessions first, then each revoked by its id in a transaction
    * of its own (on its worker). Not one atomic statement: a failure part way leaves the
@@ -383,28 +393,16 @@ export class SessionStore {
     );
     const ended: EndedSession[] = [];
     for (const { id } of rows) {
-      const { rows: revoked } = await this.runner.write(
-        db
-          .updateTable('sessions.session')
-          .set({ revoked_at: sql`now()`, revoked_reason: reason })
-          .where('tenant_id', '=', this.tenantId)
-          .where('id', '=', id)
-          .where(live)
-          .returning(['id', 'token_hash']),
-        { actor },
-      );
-      for (const row of revoked) ended.push({ id: row.id, tokenHash: row.token_hash });
+      ended.push(...(await this.#revokeMatching(sql<boolean>`id = ${id}::uuid`, reason, actor)));
     }
     return ended;
   }
 
-  /** The one revocation statement: live rows of this tenant matching `which`. */
-  async #revokeWhere(
+  async #revokeMatching(
     which: RawBuilder<boolean>,
     reason: string,
     actor: string,
   ): Promise<EndedSession[]> {
-    if (this.runner.oneSessionPerWrite) return this.#revokeEach(which, reason, actor);
     const { rows } = await this.runner.write(
       db
         .updateTable('sessions.session')
