@@ -402,6 +402,46 @@ test.serial(
   },
 );
 
+// Last: it stops a worker for good.
+test.serial(
+  'a worker down: its sessions get the typed 503 and lose nothing, the other worker’s keep working',
+  async (t) => {
+    const app = await node();
+    const downs: unknown[] = [];
+    app.middleware.events.on('cache:listener:down', (error) => downs.push(error));
+    const browsers = Array.from({ length: 8 }, () => new Browser(app.url));
+    const workers: number[] = [];
+    for (const browser of browsers) {
+      await browser.post('/inc?tenant=down');
+      workers.push(
+        await workerOf(((await browser.get('/me?tenant=down')).body as { id: string }).id),
+      );
+    }
+    const stopped = workers[0]!;
+    t.true(
+      workers.some((worker) => worker !== stopped),
+      'sessions on more than one worker',
+    );
+    await cluster.workers[stopped]!.stop();
+    await waitFor(() => downs.length > 0);
+    for (const [index, browser] of browsers.entries()) {
+      const response = await browser.post('/inc?tenant=down');
+      if (workers[index] === stopped) {
+        t.is(response.status, 503);
+        t.is((response.body as { error: string }).error, 'SESSION_STORE_UNAVAILABLE');
+      } else {
+        t.deepEqual(response.body, { n: 2 }, 'the other workers serve their sessions');
+      }
+    }
+    await cluster.workers[stopped]!.launch();
+    await waitFor(() => app.middleware.metrics.snapshot().listenerUp);
+    for (const [index, browser] of browsers.entries()) {
+      if (workers[index] !== stopped) continue;
+      t.deepEqual((await browser.post('/inc?tenant=down')).body, { n: 2 }, 'nothing was lost');
+    }
+  },
+);
+
 async function runSqlOn(url: string, text: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
